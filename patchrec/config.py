@@ -1,0 +1,124 @@
+"""Typed, frozen configuration. Defaults live here; YAML files and CLI flags override them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "FORMATS",
+    "TableSource",
+    "InteractionSource",
+    "ItemSource",
+    "KeyMapSource",
+    "GenericSource",
+    "DataConfig",
+    "load_source",
+]
+
+FORMATS = (
+    "movielens-100k",
+    "movielens-dat",
+    "movielens-csv",
+    "amazon-json",
+    "recbole",
+    "generic",
+    "patchrec-paper",
+)
+Format = Literal[
+    "movielens-100k", "movielens-dat", "movielens-csv", "amazon-json", "recbole", "generic", "patchrec-paper"
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TableSource(_Frozen):
+    """One logical table of a generic source: delimited text or Parquet files, by glob."""
+
+    path: list[str] = Field(min_length=1, description="file names or globs, relative to the raw folder")
+    delimiter: str = ","
+    header: bool = True
+    names: list[str] | None = Field(None, description="column names when the file has no header")
+    encoding: Literal["utf-8", "latin-1", "utf-16"] = "utf-8"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("path"), str):
+            data = {**data, "path": [data["path"]]}
+        return data
+
+
+class InteractionSource(TableSource):
+    user: str
+    item: str
+    time: str
+    rating: str | None = None
+    time_unit: Literal["s", "ms", "iso"] = "s"
+
+
+class ItemSource(TableSource):
+    id: str
+    title: str
+    extra: str | None = Field(None, description="column kept as the item's extra text")
+
+
+class KeyMapSource(TableSource):
+    """Maps the item ids used in interactions (`source`) to the items table's ids (`target`)."""
+
+    source: str
+    target: str
+
+
+class GenericSource(_Frozen):
+    interactions: InteractionSource
+    items: ItemSource
+    item_map: KeyMapSource | None = None
+    numeric_ids: bool = False
+
+
+class DataConfig(_Frozen):
+    """Everything `prepare-data` needs: where raw data is, how to read it, how to split it."""
+
+    format: Format
+    raw: Path
+    out: Path
+    protocol: Literal["auto", "paper", "loo", "given"] = Field(
+        "auto", description="auto = the split given by the source when it has one, else paper"
+    )
+    min_rating: float | None = Field(None, description="keep events with rating >= this (positive feedback)")
+    kcore: int = Field(0, ge=0, description="iteratively keep users and items with >= k events (0 = off)")
+    max_history: int = Field(100, ge=1)
+    min_history: int = Field(3, ge=1, description="a target needs at least this many earlier items")
+    split_ratios: tuple[float, float, float] = (0.96, 0.02, 0.02)
+    max_future_days: float = Field(1.0, description="events later than now + this many days are quarantined")
+    max_line_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    memory_limit: str = "2GB"
+    rebuild: bool = Field(False, description="discard earlier ingestion state and ingest every file again")
+    source: GenericSource | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if abs(sum(self.split_ratios) - 1.0) > 1e-9 or min(self.split_ratios) < 0:
+            raise ValueError(f"split_ratios must be non-negative and sum to 1, got {self.split_ratios}")
+        if self.format == "generic" and self.source is None:
+            raise ValueError("format 'generic' needs a source mapping (--source-config FILE)")
+        if self.format != "generic" and self.source is not None:
+            raise ValueError(f"a source mapping is only used with format 'generic', not {self.format!r}")
+        return self
+
+
+def load_source(path: Path) -> GenericSource:
+    """Read a generic source mapping from YAML; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"source config {path} does not exist")
+    try:
+        return GenericSource.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except Exception as exc:  # pydantic or YAML error: say which file
+        raise ValueError(f"invalid source config {path}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Data pipeline: raw logs -> validated canonical Parquet tables -> sequences and splits."""

@@ -1,0 +1,279 @@
+"""Source formats: which raw files a format reads, and the SQL (with parameters) that stages each.
+
+Every reader stages to the same text schema, so the typed checks, quarantine, de-duplication and
+indexing that follow are one code path for all formats:
+interactions: user_key, item_key, ts_raw, ts_unit, rating_raw, given_split, stage_reason, source_file
+items:        item_key, title, year, extra, stage_reason, source_file
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from patchrec.config import DataConfig, GenericSource, TableSource
+
+__all__ = ["FileSpec", "SourceError", "plan_files", "format_traits"]
+
+Role = Literal["interactions", "items", "item_map"]
+_JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+
+
+class SourceError(ValueError):
+    """A raw folder or file that cannot be read as the requested format; the message names it."""
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One raw file and how to stage it."""
+
+    role: Role
+    path: Path
+    sql: str
+    params: dict[str, Any] = field(default_factory=dict)
+    parse_rejects: bool = True  # the SQL reads with DuckDB's CSV reader and records rejected lines
+    encoding: str = "utf-8"
+
+
+@dataclass(frozen=True)
+class Traits:
+    numeric_ids: bool
+    has_time: bool
+    has_given_split: bool
+
+
+def format_traits(cfg: DataConfig) -> Traits:
+    """Per-format facts the shared checks need."""
+    if cfg.format == "patchrec-paper":
+        return Traits(numeric_ids=True, has_time=False, has_given_split=True)
+    if cfg.format in ("movielens-100k", "movielens-dat", "movielens-csv"):
+        return Traits(numeric_ids=True, has_time=True, has_given_split=False)
+    if cfg.format == "generic":
+        assert cfg.source is not None
+        return Traits(numeric_ids=cfg.source.numeric_ids, has_time=True, has_given_split=False)
+    return Traits(numeric_ids=False, has_time=True, has_given_split=False)
+
+
+def plan_files(cfg: DataConfig) -> list[FileSpec]:
+    """Every raw file `cfg.format` reads from `cfg.raw`, in a deterministic order."""
+    raw = Path(cfg.raw)
+    if not raw.exists():
+        raise SourceError(f"raw path {raw} does not exist")
+    if not raw.is_dir():
+        raise SourceError(f"raw path {raw} is not a folder")
+    planner = {
+        "movielens-100k": _movielens_100k,
+        "movielens-dat": _movielens_dat,
+        "movielens-csv": _movielens_csv,
+        "amazon-json": _amazon_json,
+        "recbole": _recbole,
+        "patchrec-paper": _patchrec_paper,
+        "generic": lambda r: _generic(r, cfg.source),
+    }[cfg.format]
+    specs = planner(raw)
+    for role in ("interactions", "items"):
+        if not any(s.role == role for s in specs):
+            raise SourceError(f"{raw}: no {role} file found for format {cfg.format!r}")
+    return specs
+
+
+def _need(raw: Path, name: str, what: str) -> Path:
+    path = raw / name
+    if not path.is_file():
+        raise SourceError(f"{path} does not exist ({what} file of this format)")
+    return path
+
+
+def _first_line(path: Path, encoding: str) -> str:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        line = fh.readline(1 << 20)
+    if not line:
+        raise SourceError(f"{path}: file is empty")
+    return line.decode(encoding, errors="replace").rstrip("\r\n")
+
+
+def _sniff_encoding(path: Path) -> str:
+    """utf-8 if the whole (small) file decodes as utf-8, else latin-1 (older MovieLens catalogs)."""
+    try:
+        path.read_bytes().decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError:
+        return "latin-1"
+
+
+def _columns(path: Path, delimiter: str, header: bool, names: list[str] | None, encoding: str) -> list[str]:
+    if names:
+        return list(names)
+    first = _first_line(path, encoding)
+    fields = first.split(delimiter)
+    if not header:
+        return [f"column{i}" for i in range(len(fields))]
+    cols: list[str] = []
+    for raw_name in fields:
+        name = raw_name.strip().strip('"') or f"column{len(cols)}"
+        while name in cols:
+            name += "_"
+        cols.append(name)
+    return cols
+
+
+def _delimited(
+    role: Role,
+    path: Path,
+    sql: str,
+    *,
+    delimiter: str,
+    header: bool,
+    names: list[str] | None = None,
+    encoding: str = "utf-8",
+    quote: str = "",
+    **picks: Any,
+) -> FileSpec:
+    cols = _columns(path, delimiter, header, names, encoding)
+    for key, col in picks.items():
+        if key.endswith("_col") and col not in cols:
+            raise SourceError(f"{path}: column {col!r} not found (columns: {cols})")
+    params = {
+        "delimiter": delimiter,
+        "header": header,
+        "columns": {c: "VARCHAR" for c in cols},
+        "quote": quote,
+        "encoding": encoding,
+        **picks,
+    }
+    return FileSpec(role, path, sql, params, parse_rejects=True, encoding=encoding)
+
+
+def _interactions(path: Path, user: str, item: str, time: str, rating: str | None, unit: str, **kw: Any) -> FileSpec:
+    return _delimited(
+        "interactions", path, "stg_delimited_interactions",
+        user_col=user, item_col=item, time_col=time, time_unit=unit,
+        has_rating=rating is not None, rating_col=rating or time, **kw,
+    )
+
+
+def _items(path: Path, id_: str, title: str, extra: str | None, strip_year: bool, **kw: Any) -> FileSpec:
+    return _delimited(
+        "items", path, "stg_delimited_items",
+        id_col=id_, title_col=title, has_extra=extra is not None, extra_col=extra or title,
+        strip_year=strip_year, **kw,
+    )
+
+
+def _movielens_100k(raw: Path) -> list[FileSpec]:
+    names = ["user", "item", "rating", "ts"]
+    item_names = ["id", "title", "release", "video_release", "url"] + [f"genre{i}" for i in range(19)]
+    return [
+        _interactions(_need(raw, "u.data", "ratings"), "user", "item", "ts", "rating", "s",
+                      delimiter="\t", header=False, names=names),
+        _items(_need(raw, "u.item", "movies"), "id", "title", None, True,
+               delimiter="|", header=False, names=item_names, encoding="latin-1"),
+    ]
+
+
+def _movielens_dat(raw: Path) -> list[FileSpec]:
+    movies = _need(raw, "movies.dat", "movies")
+    return [
+        _interactions(_need(raw, "ratings.dat", "ratings"), "user", "item", "ts", "rating", "s",
+                      delimiter="::", header=False, names=["user", "item", "rating", "ts"]),
+        _items(movies, "id", "title", "genres", True, delimiter="::", header=False,
+               names=["id", "title", "genres"], encoding=_sniff_encoding(movies)),
+    ]
+
+
+def _movielens_csv(raw: Path) -> list[FileSpec]:
+    return [
+        _interactions(_need(raw, "ratings.csv", "ratings"), "userId", "movieId", "timestamp", "rating", "s",
+                      delimiter=",", header=True, quote='"'),
+        _items(_need(raw, "movies.csv", "movies"), "movieId", "title", "genres", True,
+               delimiter=",", header=True, quote='"'),
+    ]
+
+
+def _amazon_json(raw: Path) -> list[FileSpec]:
+    files = sorted(p for p in raw.iterdir() if p.is_file() and p.name.endswith(_JSON_SUFFIXES))
+    specs = []
+    for path in files:
+        role: Role = "items" if path.name.startswith("meta") else "interactions"
+        sql = "stg_json_items" if role == "items" else "stg_json_interactions"
+        specs.append(FileSpec(role, path, sql, {"delimiter": "\x01"}, parse_rejects=True))
+    if not files:
+        raise SourceError(f"{raw}: no JSON-lines files ({', '.join(_JSON_SUFFIXES)})")
+    return specs
+
+
+def _recbole(raw: Path) -> list[FileSpec]:
+    inter = sorted(p for p in raw.glob("*.inter") if p.name.count(".") == 1)
+    items = sorted(raw.glob("*.item"))
+    if not inter:
+        bench = sorted(raw.glob("*.*.inter"))
+        hint = f" (found {bench[0].name}: RecBole's pre-split benchmark files are not supported yet)" if bench else ""
+        raise SourceError(f"{raw}: no RecBole .inter file{hint}")
+    if not items:
+        raise SourceError(f"{raw}: no RecBole .item file (titles are required)")
+    specs = []
+    for path in inter:
+        fields = {f.split(":")[0]: f for f in _first_line(path, "utf-8").split("\t")}
+        missing = [f for f in ("user_id", "item_id", "timestamp") if f not in fields]
+        if missing:
+            raise SourceError(f"{path}: header lacks field(s) {missing} (has {list(fields.values())})")
+        specs.append(_interactions(path, fields["user_id"], fields["item_id"], fields["timestamp"],
+                                   fields.get("rating"), "s", delimiter="\t", header=True))
+    for path in items:
+        fields = {f.split(":")[0]: f for f in _first_line(path, "utf-8").split("\t")}
+        title = next((fields[k] for k in ("title", "movie_title", "book_title") if k in fields), None)
+        if "item_id" not in fields or title is None:
+            raise SourceError(f"{path}: header needs item_id and a title field (has {list(fields.values())})")
+        specs.append(_items(path, fields["item_id"], title, None, False, delimiter="\t", header=True))
+    return specs
+
+
+def _patchrec_paper(raw: Path) -> list[FileSpec]:
+    return [
+        FileSpec("interactions", _need(raw, "sequences.parquet", "sequences"), "stg_paper_interactions", {}, False),
+        FileSpec("items", _need(raw, "items.parquet", "items"), "stg_paper_items", {}, False),
+    ]
+
+
+def _glob(raw: Path, table: TableSource, what: str) -> list[Path]:
+    paths: list[Path] = []
+    for pattern in table.path:
+        found = sorted(p for p in raw.glob(pattern) if p.is_file())
+        if not found:
+            raise SourceError(f"{raw / pattern}: no {what} file matches")
+        paths += [p for p in found if p not in paths]
+    return paths
+
+
+def _generic(raw: Path, src: GenericSource | None) -> list[FileSpec]:
+    assert src is not None
+    specs: list[FileSpec] = []
+    it = src.interactions
+    for path in _glob(raw, it, "interactions"):
+        if path.suffix == ".parquet":
+            specs.append(FileSpec("interactions", path, "stg_parquet_interactions", {
+                "user_col": it.user, "item_col": it.item, "time_col": it.time, "time_unit": it.time_unit,
+                "has_rating": it.rating is not None, "rating_col": it.rating or it.time}, parse_rejects=False))
+        else:
+            specs.append(_interactions(path, it.user, it.item, it.time, it.rating, it.time_unit,
+                                       delimiter=it.delimiter, header=it.header, names=it.names,
+                                       encoding=it.encoding, quote='"' if it.delimiter == "," else ""))
+    im = src.items
+    for path in _glob(raw, im, "items"):
+        if path.suffix == ".parquet":
+            specs.append(FileSpec("items", path, "stg_parquet_items", {
+                "id_col": im.id, "title_col": im.title, "has_extra": im.extra is not None,
+                "extra_col": im.extra or im.title}, parse_rejects=False))
+        else:
+            specs.append(_items(path, im.id, im.title, im.extra, False, delimiter=im.delimiter, header=im.header,
+                                names=im.names, encoding=im.encoding, quote='"' if im.delimiter == "," else ""))
+    if src.item_map is not None:
+        km = src.item_map
+        for path in _glob(raw, km, "item map"):
+            specs.append(_delimited("item_map", path, "stg_delimited_keymap", delimiter=km.delimiter,
+                                    header=km.header, names=km.names, encoding=km.encoding,
+                                    source_col=km.source, target_col=km.target))
+    return specs

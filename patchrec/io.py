@@ -1,0 +1,68 @@
+"""Atomic writes: every table, report and checkpoint appears complete or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+__all__ = ["atomic_path", "write_parquet", "write_json", "read_json", "file_digest"]
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it over `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    tmp_path.unlink()
+    try:
+        yield tmp_path
+        if tmp_path.is_file():
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.is_dir():
+            shutil.rmtree(tmp_path, ignore_errors=True)
+        elif tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_parquet(rel: duckdb.DuckDBPyRelation, target: Path) -> Path:
+    """Stream a DuckDB relation to `target` (zstd Parquet) atomically."""
+    with atomic_path(target) as tmp:
+        rel.write_parquet(str(tmp), compression="zstd")
+    return Path(target)
+
+
+def write_json(obj: Any, target: Path) -> Path:
+    """Write `obj` as indented JSON atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    return Path(target)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a file, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            size += len(block)
+            h.update(block)
+    return size, h.hexdigest()

@@ -1,0 +1,33 @@
+-- JSON-lines reviews (Amazon 2014/2018: reviewerID, asin, overall, unixReviewTime [s];
+-- 2023: user_id, parent_asin or asin, rating, timestamp [ms]) -> staged rows. Each line is read as
+-- text first, so a line that is not JSON becomes a quarantined row instead of failing the file.
+with src as (
+    select line
+    from read_csv(
+        $path, delim = $delimiter, header = false, columns = {'line': 'VARCHAR'}, quote = '', escape = '',
+        max_line_size = $max_line_bytes, auto_detect = false, strict_mode = true, store_rejects = true
+    )
+),
+
+parsed as (
+    select
+        line,
+        json_valid(line) and json_type(line) = 'OBJECT' as ok,
+        case when json_valid(line) then json(line) end as j
+    from src
+),
+
+final as (
+    select
+        coalesce(j ->> 'reviewerID', j ->> 'user_id') as user_key,
+        coalesce(j ->> 'parent_asin', j ->> 'asin') as item_key,
+        coalesce(j ->> 'unixReviewTime', j ->> 'timestamp') as ts_raw,
+        case when j ->> 'unixReviewTime' is not null then 's' else 'ms' end as ts_unit,
+        coalesce(j ->> 'overall', j ->> 'rating') as rating_raw,
+        cast(null as varchar) as given_split,
+        case when not ok then 'line is not a JSON object: ' || left(line, 200) end as stage_reason,
+        $source_file as source_file
+    from parsed
+)
+
+select * from final

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that call one patchrec function and pass paths and small records."""

@@ -1,0 +1,38 @@
+"""Data tasks: ingest -> validate -> split. Only ingestion (file I/O) retries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from patchrec.config import DataConfig
+
+__all__ = ["ingest_raw", "validate_tables", "split_sequences"]
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE,
+      retry_condition_fn=lambda task, run, state: isinstance(state.result(raise_on_failure=False), OSError))
+def ingest_raw(cfg: DataConfig) -> dict[str, Any]:
+    """Stage new raw files and rebuild the canonical tables; returns the ingest report."""
+    from patchrec.data.ingest import ingest
+
+    return ingest(cfg).to_dict()
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate_tables(out: Path, max_future_days: float) -> list[dict[str, Any]]:
+    """Run the Great Expectations suites; raises with a readable summary when one fails."""
+    from patchrec.data.validation import validate_tables as run
+
+    return [r.__dict__ for r in run(out, max_future_days=max_future_days)]
+
+
+@task(name="split", cache_policy=NO_CACHE)
+def split_sequences(cfg: DataConfig) -> dict[str, Any]:
+    """Write sequences, samples and splits.json; returns the split report."""
+    from patchrec.data.sequences import build_splits
+
+    return build_splits(cfg).to_dict()
