@@ -7,7 +7,7 @@ with staged as (
 ),
 
 catalog as (
-    select item_key from read_parquet($catalog)
+    select item_key from read_parquet($catalog) where status = 'kept'
 ),
 
 typed as (

@@ -10,11 +10,11 @@ with src as (
 ),
 
 parsed as (
-    select
-        line,
-        json_valid(line) and json_type(line) = 'OBJECT' as ok,
-        case when json_valid(line) then json(line) end as j
-    from src
+    select line, try(json(line)) as j from src
+),
+
+checked as (
+    select line, coalesce(json_type(j) = 'OBJECT', false) as ok, j from parsed
 ),
 
 final as (
@@ -27,7 +27,7 @@ final as (
         cast(null as varchar) as given_split,
         case when not ok then 'line is not a JSON object: ' || left(line, 200) end as stage_reason,
         $source_file as source_file
-    from parsed
+    from checked
 )
 
 select * from final

@@ -179,9 +179,9 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], state: Path, ou
     work.mkdir(parents=True)
 
     def staged(role: str) -> list[str]:
-        return [str(state / "staged" / f"{m['sha256']}.parquet") for n, m in sorted(manifest.items()) if m["role"] == role]
+        return [str(state / "staged" / f"{m['sha256']}.parquet") for m in manifest.values() if m["role"] == role]
 
-    rejects = [str(state / "rejects" / f"{m['sha256']}.parquet") for _, m in sorted(manifest.items())]
+    rejects = [str(state / "rejects" / f"{m['sha256']}.parquet") for m in manifest.values()]
     con = connect(cfg.memory_limit, temp_dir=state / "spill")
     try:
         catalog = write_parquet(relation(con, "int_catalog", staged=staged("items")), work / "catalog.parquet")

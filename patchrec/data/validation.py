@@ -97,7 +97,8 @@ def validate_tables(folder: Path, max_future_days: float = 1.0, raise_on_failure
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     folder = Path(folder)
     names = ["interactions", "items", "users"] + (["samples"] if (folder / "samples.parquet").exists() else [])
     tables = {n: pd.read_parquet(folder / f"{n}.parquet") for n in names}
