@@ -39,10 +39,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def write_parquet(rel: duckdb.DuckDBPyRelation, target: Path) -> Path:
-    """Stream a DuckDB relation to `target` (zstd Parquet) atomically."""
+def write_parquet(rel: duckdb.DuckDBPyRelation, target: Path, compression: str = "zstd") -> Path:
+    """Stream a DuckDB relation to `target` as Parquet, atomically (snappy suits scratch files)."""
     with atomic_path(target) as tmp:
-        rel.write_parquet(str(tmp), compression="zstd")
+        rel.write_parquet(str(tmp), compression=compression)
     return Path(target)
 
 

@@ -1,5 +1,4 @@
--- One k-core pass over kept events: keep those whose user and item both have >= $k of them
--- ($k = 0 only selects the kept events).
+-- One k-core pass over kept events: keep those whose user and item both have >= $k of them.
 with events as (
     select * from read_parquet($path) where status = 'kept'
 ),

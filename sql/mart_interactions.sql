@@ -1,6 +1,6 @@
 -- Kept events -> the canonical interactions table (dense indices, original keys, time, rating).
 with events as (
-    select * from read_parquet($events)
+    select * from read_parquet($events) where status = 'kept'
 ),
 
 users as (

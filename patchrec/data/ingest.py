@@ -34,6 +34,7 @@ __all__ = ["IngestError", "ManifestError", "IngestReport", "ingest", "TABLES"]
 log = logging.getLogger(__name__)
 TABLES = ("interactions", "items", "users", "quarantine")
 _REJECT_SCHEMA = pa.schema([("source_file", pa.string()), ("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())])
+_SCRATCH = "snappy"  # compression of staged and work files: written once, read a few times
 _KEY_SCHEMA = pa.schema([("key", pa.string()), ("idx", pa.int32())])
 
 
@@ -92,7 +93,7 @@ def _stage(spec: FileSpec, cfg: DataConfig, staged: Path, rejects: Path) -> tupl
         params["max_line_bytes"] = cfg.max_line_bytes
     con = connect(cfg.memory_limit, temp_dir=staged.parent.parent / "spill")
     try:
-        write_parquet(relation(con, spec.sql, **params), staged)
+        write_parquet(relation(con, spec.sql, **params), staged, _SCRATCH)
         if spec.parse_rejects:
             rej = relation(con, "stg_parse_rejects", source_file=name, max_line_bytes=cfg.max_line_bytes,
                            encoding=spec.encoding)
@@ -184,20 +185,21 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], state: Path, ou
     rejects = [str(state / "rejects" / f"{m['sha256']}.parquet") for m in manifest.values()]
     con = connect(cfg.memory_limit, temp_dir=state / "spill")
     try:
-        catalog = write_parquet(relation(con, "int_catalog", staged=staged("items")), work / "catalog.parquet")
+        catalog = write_parquet(relation(con, "int_catalog", staged=staged("items")), work / "catalog.parquet", _SCRATCH)
         interactions = staged("interactions")
         if keymaps := staged("item_map"):
             interactions = [
-                str(write_parquet(relation(con, "int_remap_items", path=p, keymap=keymaps), work / f"mapped{i}.parquet"))
+                str(write_parquet(relation(con, "int_remap_items", path=p, keymap=keymaps), work / f"mapped{i}.parquet", _SCRATCH))
                 for i, p in enumerate(interactions)
             ]
         events = write_parquet(
             relation(con, "int_events", staged=interactions, catalog=str(catalog), numeric_ids=traits.numeric_ids,
                      has_time=traits.has_time, max_ts=time.time() + cfg.max_future_days * 86400.0,
                      min_rating=cfg.min_rating),
-            work / "events.parquet",
+            work / "events.parquet", _SCRATCH,
         )
-        kept, n_kept = _kcore(con, events, cfg.kcore, work)
+        ev = dict(relation(con, "report_status_counts", path=str(events)).fetchall())
+        kept, n_kept = _kcore(con, events, ev.get("kept", 0), cfg.kcore, work)
         user_keys, item_keys = state / "user_keys.parquet", state / "item_keys.parquet"
         _empty_keys(user_keys)
         _empty_keys(item_keys)
@@ -214,7 +216,6 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], state: Path, ou
         write_parquet(relation(con, "mart_users", user_keys=str(user_keys), interactions=str(inter)), out / "users.parquet")
         write_parquet(relation(con, "mart_quarantine", parse_rejects=rejects, catalog=str(catalog), events=str(events)),
                       out / "quarantine.parquet")
-        ev = dict(relation(con, "report_status_counts", path=str(events)).fetchall())
         cat = dict(relation(con, "report_status_counts", path=str(catalog)).fetchall())
     finally:
         con.close()
@@ -240,16 +241,16 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], state: Path, ou
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _kcore(con: duckdb.DuckDBPyConnection, events: Path, k: int, work: Path) -> tuple[Path, int]:
-    """Kept events after iterative k-core filtering (k = 0: just the kept events)."""
-    path = write_parquet(relation(con, "int_kcore_step", path=str(events), k=0), work / "kcore0.parquet")
-    n = pq.read_metadata(path).num_rows
-    step = 0
+def _kcore(con: duckdb.DuckDBPyConnection, events: Path, n_kept: int, k: int, work: Path) -> tuple[Path, int]:
+    """Events file whose 'kept' rows survive iterative k-core filtering, and their count.
+
+    With k = 0 this is `events` itself (downstream SQL reads only status = 'kept').
+    """
+    path, n, step = events, n_kept, 0
     while k > 0:
         step += 1
-        nxt = write_parquet(relation(con, "int_kcore_step", path=str(path), k=k), work / f"kcore{step}.parquet")
-        m = pq.read_metadata(nxt).num_rows
-        path = nxt
+        path = write_parquet(relation(con, "int_kcore_step", path=str(path), k=k), work / f"kcore{step}.parquet", _SCRATCH)
+        m = pq.read_metadata(path).num_rows
         if m == n:
             break
         n = m

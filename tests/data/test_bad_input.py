@@ -115,3 +115,16 @@ def test_empty_file_missing_items_and_missing_path_are_clear_errors(ml100k_dir, 
     write(ml100k_dir / "u.item", "")
     with pytest.raises(SourceError, match=r"u\.item: file is empty"):
         prepare("movielens-100k", ml100k_dir)
+
+
+def test_kcore_filter_is_counted(tmp_path, prepare):
+    from patchrec.config import GenericSource
+
+    raw = tmp_path / "raw"
+    write(raw / "items.csv", "id,title\na,A\nb,B\nc,C\n")
+    # u1 and u2 rate a and b; u3 rates only c -> with k=2, u3 and c go (1 event); a, b keep 2 each.
+    write(raw / "events.csv", "u,i,t\nu1,a,1\nu1,b,2\nu2,a,3\nu2,b,4\nu3,c,5\n")
+    source = GenericSource.model_validate({"interactions": {"path": "events.csv", "user": "u", "item": "i", "time": "t"},
+                                           "items": {"path": "items.csv", "id": "id", "title": "title"}})
+    s = prepare("generic", raw, source=source, kcore=2, min_history=1)
+    assert (s["rows_filtered_kcore"], s["rows_accepted"], s["users"]) == (1, 4, 2) and _balanced(s)

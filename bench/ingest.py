@@ -1,0 +1,111 @@
+"""Ingestion benchmark: events/s and peak memory, patchrec vs a plain pandas read -> to_parquet.
+
+Each measurement runs in a fresh subprocess so that its peak RSS (ru_maxrss) is its own. The pandas
+baseline reads the same file in the same run: `sep='::'` needs pandas' python engine, which is what a
+plain pandas user gets for MovieLens `::` files; ml-100k's tab-separated file uses the C engine.
+
+    python -m bench.ingest [--events 20000000] [--ml100k ../shared/data/ml-100k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+REPO = Path(__file__).resolve().parents[1]
+
+_OURS = """
+import json, resource, sys, time
+from patchrec.config import DataConfig
+from patchrec.data.ingest import ingest
+t = time.perf_counter()
+r = ingest(DataConfig(format=sys.argv[1], raw=sys.argv[2], out=sys.argv[3], rebuild=True))
+dt = time.perf_counter() - t
+print(json.dumps({"seconds": dt, "rows": r.rows_read, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+_PANDAS = """
+import json, resource, sys, time
+import pandas as pd
+t = time.perf_counter()
+sep, engine = sys.argv[2], sys.argv[3]
+df = pd.read_csv(sys.argv[1], sep=sep, engine=engine, header=None, names=["user", "item", "rating", "ts"])
+df.to_parquet(sys.argv[4])
+dt = time.perf_counter() - t
+print(json.dumps({"seconds": dt, "rows": len(df), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _run(code: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["events_per_s"] = res["rows"] / res["seconds"]
+    return res
+
+
+def make_dat_log(folder: Path, events: int, users: int = 200_000, items: int = 20_000) -> Path:
+    """A synthetic MovieLens `::` log (ratings.dat + movies.dat) of `events` rows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    con.sql(
+        "copy (select (hash(i) % $users) + 1 as u, (hash(i * 7 + 1) % $items) + 1 as m, (i % 5) + 1 as r, "
+        "900000000 + i as t from range($n) tbl(i)) to $out (format csv, delimiter '::', header false)",
+        params={"users": users, "items": items, "n": events, "out": str(folder / "ratings.dat")},
+    )
+    con.sql(
+        "copy (select i as id, 'Movie ' || i || ' (1999)' as title, 'Drama' as genres from range(1, $items + 1) tbl(i)) "
+        "to $out (format csv, delimiter '::', header false, quote '')",
+        params={"items": items, "out": str(folder / "movies.dat")},
+    )
+    return folder
+
+
+def compare(name: str, fmt: str, raw: Path, data_file: Path, sep: str, engine: str, work: Path) -> dict:
+    ours = _run(_OURS, fmt, str(raw), str(work / f"{name}-out"))
+    base = _run(_PANDAS, str(data_file), sep, engine, str(work / f"{name}-pandas.parquet"))
+    return {"dataset": name, "file_mb": round(data_file.stat().st_size / 2**20, 1), "patchrec": ours,
+            "pandas": base, "speedup_events_per_s": ours["events_per_s"] / base["events_per_s"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=20_000_000)
+    p.add_argument("--small-events", type=int, default=2_000_000, help="second size, to show memory is flat")
+    p.add_argument("--ml100k", type=Path, default=REPO.parent / "shared" / "data" / "ml-100k")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ingest.json")
+    args = p.parse_args(argv)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="patchrec-bench-") as tmp:
+        work = Path(tmp)
+        if (args.ml100k / "u.data").is_file():
+            results.append(compare("ml-100k", "movielens-100k", args.ml100k, args.ml100k / "u.data", "\t", "c", work))
+        for n in (args.small_events, args.events):
+            raw = make_dat_log(work / f"dat{n}", n)
+            results.append(compare(f"synthetic-dat-{n}", "movielens-dat", raw, raw / "ratings.dat", "::", "python", work))
+            (raw / "ratings.dat").unlink()
+    report = {
+        "benchmark": "ingest",
+        "command": "python -m bench.ingest " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": __import__("os").cpu_count()},
+        "date": time.strftime("%Y-%m-%d"),
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+"""`make bench`: run every benchmark of the project; each writes its JSON to bench/results/."""
+
+from __future__ import annotations
+
+from bench import ingest
+
+BENCHMARKS = [ingest.main]
+
+if __name__ == "__main__":
+    for run in BENCHMARKS:
+        run([])
