@@ -25,11 +25,13 @@ FORMATS = (
     "movielens-csv",
     "amazon-json",
     "recbole",
+    "recbole-benchmark",
     "generic",
     "patchrec-paper",
 )
 Format = Literal[
-    "movielens-100k", "movielens-dat", "movielens-csv", "amazon-json", "recbole", "generic", "patchrec-paper"
+    "movielens-100k", "movielens-dat", "movielens-csv", "amazon-json", "recbole", "recbole-benchmark", "generic",
+    "patchrec-paper",
 ]
 
 

@@ -48,6 +48,8 @@ def format_traits(cfg: DataConfig) -> Traits:
     """Per-format facts the shared checks need."""
     if cfg.format == "patchrec-paper":
         return Traits(numeric_ids=True, has_time=False, has_given_split=True)
+    if cfg.format == "recbole-benchmark":
+        return Traits(numeric_ids=False, has_time=False, has_given_split=True)
     if cfg.format in ("movielens-100k", "movielens-dat", "movielens-csv"):
         return Traits(numeric_ids=True, has_time=True, has_given_split=False)
     if cfg.format == "generic":
@@ -69,6 +71,7 @@ def plan_files(cfg: DataConfig) -> list[FileSpec]:
         "movielens-csv": _movielens_csv,
         "amazon-json": _amazon_json,
         "recbole": _recbole,
+        "recbole-benchmark": _recbole_benchmark,
         "patchrec-paper": _patchrec_paper,
         "generic": lambda r: _generic(r, cfg.source),
     }[cfg.format]
@@ -207,13 +210,10 @@ def _amazon_json(raw: Path) -> list[FileSpec]:
 
 def _recbole(raw: Path) -> list[FileSpec]:
     inter = sorted(p for p in raw.glob("*.inter") if p.name.count(".") == 1)
-    items = sorted(raw.glob("*.item"))
     if not inter:
         bench = sorted(raw.glob("*.*.inter"))
-        hint = f" (found {bench[0].name}: RecBole's pre-split benchmark files are not supported yet)" if bench else ""
+        hint = f" (found {bench[0].name}: use --format recbole-benchmark for pre-split files)" if bench else ""
         raise SourceError(f"{raw}: no RecBole .inter file{hint}")
-    if not items:
-        raise SourceError(f"{raw}: no RecBole .item file (titles are required)")
     specs = []
     for path in inter:
         fields = {f.split(":")[0]: f for f in _first_line(path, "utf-8").split("\t")}
@@ -222,6 +222,14 @@ def _recbole(raw: Path) -> list[FileSpec]:
             raise SourceError(f"{path}: header lacks field(s) {missing} (has {list(fields.values())})")
         specs.append(_interactions(path, fields["user_id"], fields["item_id"], fields["timestamp"],
                                    fields.get("rating"), "s", delimiter="\t", header=True))
+    return specs + _recbole_items(raw)
+
+
+def _recbole_items(raw: Path) -> list[FileSpec]:
+    items = sorted(raw.glob("*.item"))
+    if not items:
+        raise SourceError(f"{raw}: no RecBole .item file (titles are required)")
+    specs = []
     for path in items:
         fields = {f.split(":")[0]: f for f in _first_line(path, "utf-8").split("\t")}
         title = next((fields[k] for k in ("title", "movie_title", "book_title") if k in fields), None)
@@ -229,6 +237,25 @@ def _recbole(raw: Path) -> list[FileSpec]:
             raise SourceError(f"{path}: header needs item_id and a title field (has {list(fields.values())})")
         specs.append(_items(path, fields["item_id"], title, None, False, delimiter="\t", header=True))
     return specs
+
+
+def _recbole_benchmark(raw: Path) -> list[FileSpec]:
+    """RecBole's pre-split files, in split order: <name>.train.inter, .valid.inter, .test.inter."""
+    specs = []
+    for split, suffix in (("train", "train"), ("val", "valid"), ("test", "test")):
+        found = sorted(raw.glob(f"*.{suffix}.inter"))
+        if len(found) != 1:
+            raise SourceError(f"{raw}: expected one *.{suffix}.inter file, found {[p.name for p in found]}")
+        path = found[0]
+        cols = _columns(path, "\t", True, None, "utf-8")
+        fields = {c.split(":")[0]: c for c in cols}
+        missing = [f for f in ("user_id", "item_id_list", "item_id") if f not in fields]
+        if missing:
+            raise SourceError(f"{path}: header lacks field(s) {missing} (has {cols})")
+        specs.append(FileSpec("interactions", path, "stg_recbole_benchmark", {
+            "columns": {c: "VARCHAR" for c in cols}, "user_col": fields["user_id"], "item_col": fields["item_id"],
+            "history_col": fields["item_id_list"], "split": split}))
+    return specs + _recbole_items(raw)
 
 
 def _patchrec_paper(raw: Path) -> list[FileSpec]:

@@ -116,3 +116,18 @@ def test_patchrec_paper_given_split(tmp_path, prepare):
     assert s["samples"] == {"train": 1, "val": 1, "test": 2}
     seqs = pd.read_parquet(tmp_path / "out" / "sequences.parquet")
     assert seqs["items"].map(list).tolist() == [[3, 1, 2, 0, 1, 2], [2, 2, 0, 1]]
+
+
+def test_recbole_benchmark_keeps_its_split(tmp_path, prepare):
+    raw = tmp_path / "rb"
+    head = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
+    write(raw / "x.train.inter", head + "u1\ta b\tc\nu1\ta b c\td\nu2\tb\tc\nu2\tb c\ta\n")
+    write(raw / "x.valid.inter", head + "u1\ta b c d\te\nu2\tb c a\td\n")
+    write(raw / "x.test.inter", head + "u1\ta b c d e\ta\nu2\tb c a d\te\n")
+    write(raw / "x.item", "item_id:token\ttitle:token_seq\n" + "".join(f"{k}\tItem {k}\n" for k in "abcde"))
+    s = prepare("recbole-benchmark", raw, min_history=1)
+    seqs = pd.read_parquet(tmp_path / "out" / "sequences.parquet")
+    items = pd.read_parquet(tmp_path / "out" / "items.parquet").set_index("item_idx").item_key
+    assert [[items[i] for i in seq] for seq in seqs["items"]] == [list("abcdea"), list("bcade")]
+    # u1: targets c, d (train), e (val), a (test); u2: c, a (train), d (val), e (test)
+    assert s["samples"] == {"train": 4, "val": 2, "test": 2} and s["protocol"] == "given"
