@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -19,20 +19,11 @@ __all__ = [
     "load_source",
 ]
 
-FORMATS = (
-    "movielens-100k",
-    "movielens-dat",
-    "movielens-csv",
-    "amazon-json",
-    "recbole",
-    "recbole-benchmark",
-    "generic",
-    "patchrec-paper",
-)
 Format = Literal[
     "movielens-100k", "movielens-dat", "movielens-csv", "amazon-json", "recbole", "recbole-benchmark", "generic",
     "patchrec-paper",
 ]
+FORMATS: tuple[str, ...] = get_args(Format)
 
 
 class _Frozen(BaseModel):
