@@ -20,7 +20,8 @@ numbered as (
 
 first_rows as (
     select * from numbered
-    where $split = 'train' and rn = (select min(n2.rn) from numbered as n2 where n2.user_key = numbered.user_key)
+    where $split = 'train'
+    qualify rn = min(rn) over (partition by user_key)
 ),
 
 history_items as (
