@@ -1,0 +1,79 @@
+"""The one place that builds language models and tokenizers.
+
+- `load_causal_lm(path)`: any local Hugging Face causal-LM folder (no hub, no remote code).
+- `build_tiny(titles)`: a randomly initialised small Llama with a word-level tokenizer built offline
+  from the catalog titles; it keeps tests and smoke runs fast.
+- `add_prompt_tokens`: the three history delimiters and a pad token that is not a real token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+__all__ = ["SEQ_START", "ITEM_SEP", "SEQ_END", "PAD", "CHATML_TEMPLATE", "load_causal_lm", "build_tiny",
+           "add_prompt_tokens"]
+
+SEQ_START, ITEM_SEP, SEQ_END, PAD = "<|seq_start|>", "<|item_sep|>", "<|seq_end|>", "<|patchrec_pad|>"
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def load_causal_lm(path: Path, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) from a local folder; trust_remote_code stays off."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    return model, tok
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]+", text)  # what pre_tokenizers.Whitespace() splits into
+
+
+def build_tiny(texts: Iterable[str], hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0):
+    """A small random Llama and a WordLevel tokenizer whose vocabulary covers `texts` (titles, prompts)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for text in texts:
+        for w in _words(text):
+            vocab.setdefault(w, len(vocab))
+    for w in ("system", "user", "assistant"):
+        vocab.setdefault(w, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<|im_end|>",
+                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tok.chat_template = CHATML_TEMPLATE
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=4096, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg), tok
+
+
+def add_prompt_tokens(model, tok) -> dict[str, int]:
+    """Add SEQ_START / ITEM_SEP / SEQ_END and a dedicated pad token; new rows start at the mean embedding."""
+    added = tok.add_special_tokens({"pad_token": PAD, "additional_special_tokens": [SEQ_START, ITEM_SEP, SEQ_END]},
+                                   replace_extra_special_tokens=False)
+    old = model.get_input_embeddings().weight.shape[0]
+    if len(tok) > old:
+        model.resize_token_embeddings(len(tok), mean_resizing=False)
+        with torch.no_grad():
+            emb = model.get_input_embeddings().weight
+            emb[old:] = emb[:old].mean(0)
+    del added
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in
+           (("seq_start", SEQ_START), ("item_sep", ITEM_SEP), ("seq_end", SEQ_END), ("pad", PAD))}
+    model.config.pad_token_id = ids["pad"]
+    return ids
