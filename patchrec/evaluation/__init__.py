@@ -1,0 +1,1 @@
+"""Ranking (constrained beam search over catalog titles) and metrics."""

@@ -1,0 +1,67 @@
+"""HR@K and NDCG@K by item id: exact match, first rank (0-based rank r scores NDCG 1 / log2(r + 2)).
+
+`lenient_paper_metric` reproduces the released code's scoring (a hit when the true title is a
+character prefix of a generated title, keeping the LAST such rank) and exists only for comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["KS", "first_ranks", "hit_rate_at_k", "ndcg_at_k", "summarize_ranks", "lenient_paper_ranks"]
+
+KS = (1, 5, 10, 20)
+
+
+def first_ranks(ranked: Sequence[Sequence[int]], targets: Sequence[int]) -> np.ndarray:
+    """0-based rank of each target in its ranked list (its first occurrence), or -1 when absent."""
+    out = np.full(len(targets), -1, dtype=np.int64)
+    for i, (lst, t) in enumerate(zip(ranked, targets)):
+        hits = np.flatnonzero(np.asarray(lst) == t)
+        if hits.size:
+            out[i] = hits[0]
+    return out
+
+
+def hit_rate_at_k(ranks: np.ndarray, k: int) -> float:
+    ranks = np.asarray(ranks)
+    return float(np.mean((ranks >= 0) & (ranks < k))) if ranks.size else 0.0
+
+
+def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
+    ranks = np.asarray(ranks)
+    if not ranks.size:
+        return 0.0
+    gain = np.where((ranks >= 0) & (ranks < k), 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+    return float(gain.mean())
+
+
+def summarize_ranks(ranks: np.ndarray, users: np.ndarray | None = None, ks: Sequence[int] = KS) -> dict[str, float]:
+    """hr_K / ndcg_K averaged over samples, and user_hr_K / user_ndcg_K (mean per user, then over users)."""
+    ranks = np.asarray(ranks)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"hr_{k}"] = hit_rate_at_k(ranks, k)
+        out[f"ndcg_{k}"] = ndcg_at_k(ranks, k)
+    if users is not None and ranks.size:
+        users = np.asarray(users)
+        uniq, inv = np.unique(users, return_inverse=True)
+        counts = np.bincount(inv)
+        for k in ks:
+            hit = ((ranks >= 0) & (ranks < k)).astype(float)
+            gain = np.where(hit > 0, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+            out[f"user_hr_{k}"] = float((np.bincount(inv, hit) / counts).mean())
+            out[f"user_ndcg_{k}"] = float((np.bincount(inv, gain) / counts).mean())
+    return out
+
+
+def lenient_paper_ranks(generated_titles: Sequence[Sequence[str]], target_titles: Sequence[str]) -> np.ndarray:
+    """The released code's rank: the LAST generated title that starts with the true title (character prefix)."""
+    out = np.full(len(target_titles), -1, dtype=np.int64)
+    for i, (titles, t) in enumerate(zip(generated_titles, target_titles)):
+        for r, g in enumerate(titles):
+            if g.strip().startswith(t.strip()):
+                out[i] = r
+    return out

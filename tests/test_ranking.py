@@ -1,0 +1,77 @@
+"""Constrained ranking: only catalog items, prefix titles reachable, shared titles resolved."""
+
+from __future__ import annotations
+
+import torch
+
+from patchrec.evaluation.beam import rank_one
+from patchrec.evaluation.trie import TitleTrie
+from patchrec.model import add_prompt_tokens, build_tiny
+from patchrec.patching import CatalogTable, assemble, item_patches, layout_kinds
+from patchrec.prompts import PromptConfig, render_pieces, tokenize_titles
+
+TITLES = ["Toy Story", "Toy Story 2", "Heat", "Heat", "Alien", "Aliens", "Up", "Babe"]
+
+
+def _setup():
+    cfg = PromptConfig()
+    model, tok = build_tiny(TITLES + [cfg.system, cfg.instruction], seed=3)
+    ids = add_prompt_tokens(model, tok)
+    pieces = render_pieces(tok, cfg, ids)
+    catalog = CatalogTable.from_token_lists(tokenize_titles(tok, TITLES))
+    with torch.no_grad():
+        catalog.patches = item_patches(model.get_input_embeddings(), catalog.title_ids, catalog.title_len)
+    trie = TitleTrie.build(catalog.title_ids, catalog.title_len, pieces.end[0])
+    return model.eval(), pieces, catalog, trie
+
+
+def _prompt(model, pieces, catalog, hist):
+    kinds, groups = layout_kinds(torch.tensor([len(hist)]), "text")
+    with torch.no_grad():
+        b = assemble(torch.tensor(hist), torch.tensor([0, len(hist)]), None, kinds, groups, catalog, pieces,
+                     model.get_input_embeddings())
+    return b.inputs_embeds
+
+
+def test_trie_masks_and_leaves():
+    _, pieces, catalog, trie = _setup()
+    end = pieces.end[0]
+    toy, story = catalog.title_ids[0, :2].tolist()
+    root_tokens = set(trie.edges(torch.tensor([0]))[1].tolist())
+    assert toy in root_tokens and end not in root_tokens
+    mask = trie.allowed_mask(torch.tensor([0]), 100)
+    assert mask[0, toy] and int(mask.sum()) == len(root_tokens)
+    # after "Toy Story": either end the title (item 0) or continue with "2" (item 1)
+    _, _, node1 = trie.edges(torch.tensor([0]))
+    n_toy = int(node1[trie.edges(torch.tensor([0]))[1] == toy])
+    _, tok2, child2 = trie.edges(torch.tensor([n_toy]))
+    n_story = int(child2[tok2 == story])
+    _, tok3, child3 = trie.edges(torch.tensor([n_story]))
+    assert end in tok3.tolist() and len(tok3) == 2
+    assert trie.items_at(int(child3[tok3 == end])) == [0]
+
+
+def test_ranking_returns_every_catalog_item_once():
+    model, pieces, catalog, trie = _setup()
+    r = rank_one(model, _prompt(model, pieces, catalog, [2, 4, 6]), trie, num_beams=20, top_k=20)
+    assert sorted(r.items) == list(range(len(TITLES)))  # "Toy Story" (a prefix of "Toy Story 2") included
+    assert r.scores == sorted(r.scores, reverse=True)
+    heat = [i for i in r.items if i in (2, 3)]
+    assert heat == [2, 3] and r.items.index(3) == r.items.index(2) + 1  # shared title: index order
+
+
+def test_ranking_matches_exhaustive_scoring_with_enough_beams():
+    model, pieces, catalog, trie = _setup()
+    prompt = _prompt(model, pieces, catalog, [0, 5])
+    r = rank_one(model, prompt, trie, num_beams=64, top_k=8)
+    # exhaustive: score every distinct title with a full forward pass
+    best = {}
+    for i in range(len(TITLES)):
+        ids = catalog.title_ids[i, : catalog.title_len[i]].tolist() + pieces.end
+        emb = torch.cat([prompt, model.get_input_embeddings()(torch.tensor([ids]))], 1)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(inputs_embeds=emb).logits[0, prompt.shape[1] - 1 : -1], -1)
+        best[i] = float(logp[torch.arange(len(ids)), torch.tensor(ids)].sum()) / len(ids)
+    expected = sorted(best, key=lambda i: (-round(best[i], 5), i))
+    assert r.items == expected
+    torch.testing.assert_close(torch.tensor(r.scores), torch.tensor([best[i] for i in expected]), atol=1e-4, rtol=0)
