@@ -115,3 +115,39 @@ def load_source(path: Path) -> GenericSource:
         return GenericSource.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except Exception as exc:  # pydantic or YAML error: say which file
         raise ValueError(f"invalid source config {path}: {exc}") from exc
+
+
+class TrainConfig(_Frozen):
+    """One training stage. PPT = mixed layout with the curriculum p = step / total_steps; PFT-I = layout
+    'item' (last k items as text); PFT-S = layout 'session' (group size G); SFT = layout 'text'."""
+
+    stage: Literal["ppt", "pft", "sft"]
+    layout: Literal["text", "item", "session", "mixed"]
+    k: int = Field(5, ge=0)
+    group: int = Field(5, ge=1)
+    textual_copy: bool = Field(True, description="PPT: also train on the all-text copy of each sample")
+    max_history: int = Field(100, ge=1)
+    max_samples: int | None = Field(None, ge=1, description="budget: train on this many samples (first epoch order)")
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = 0.0
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    max_grad_norm: float = 1.0
+    finetune: Literal["lora", "full"] = "lora"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    bf16: bool = True
+    length_grouped: bool = True
+    checkpoint_every: int = Field(50, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_stage(self) -> TrainConfig:
+        allowed = {"ppt": {"mixed"}, "pft": {"item", "session"}, "sft": {"text"}}[self.stage]
+        if self.layout not in allowed:
+            raise ValueError(f"stage {self.stage!r} uses layout {sorted(allowed)}, not {self.layout!r}")
+        return self

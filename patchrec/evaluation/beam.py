@@ -27,7 +27,7 @@ class Ranking:
 def rank_one(model, prompt_embeds: Tensor, trie: TitleTrie, num_beams: int = 20, top_k: int = 20,
              length_penalty: float = 1.0, max_steps: int = 64) -> Ranking:
     """Rank catalog items for one prompt (1, S, D) with `num_beams` constrained beams."""
-    out = model(inputs_embeds=prompt_embeds, use_cache=True)
+    out = model(inputs_embeds=prompt_embeds, use_cache=True, logits_to_keep=1)
     cache = out.cache
     logp = torch.log_softmax(out.logits[:, -1].float(), -1)  # (1, V)
     nodes = torch.zeros(1, dtype=torch.long)
