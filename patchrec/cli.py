@@ -53,6 +53,41 @@ def _cmd_data_formats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_config(args: argparse.Namespace) -> Any:
+    from patchrec.config import ModelConfig
+
+    return ModelConfig(base=args.base, cache_dir=args.model_cache)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from patchrec.config import TrainConfig
+    from patchrec.prompts import PromptConfig
+    from patchrec.stages import train
+
+    fields = {k: getattr(args, k) for k in ("stage", "layout", "k", "group", "max_history", "max_samples", "epochs",
+                                            "batch_size", "grad_accum", "lr", "finetune", "seed")
+              if getattr(args, k) is not None}
+    meta = train(args.data, args.out, TrainConfig(**fields), _model_config(args), PromptConfig(), init_from=args.init_from)
+    print(json.dumps({k: meta[k] for k in ("out_dir", "steps", "samples", "final_loss", "samples_per_s")}))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from patchrec.config import EvalConfig
+    from patchrec.stages import evaluate
+
+    ecfg = EvalConfig(split=args.split, max_samples=args.max_samples, num_beams=args.beams, top_k=args.top_k)
+    res = evaluate(args.data, args.run, args.out, ecfg)
+    m = res["metrics"]
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res['split']}: {res['samples']} samples, layout {res['layout']}, {res['users_per_s']:.2f} users/s")
+        for k in (5, 10, 20):
+            print(f"  HR@{k} {m[f'hr_{k}']:.4f}  NDCG@{k} {m[f'ndcg_{k}']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from patchrec import __version__
 
@@ -81,6 +116,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmts = data_sub.add_parser("formats", help="list the supported source formats")
     fmts.set_defaults(func=_cmd_data_formats)
+
+    tr = top.add_parser("train", help="train one stage: ppt (patch pre-training), pft (patch fine-tuning) or sft")
+    tr.add_argument("--data", required=True, type=Path, help="a prepared data folder")
+    tr.add_argument("--out", required=True, type=Path, help="run folder (resumes from its checkpoints)")
+    tr.add_argument("--stage", required=True, choices=["ppt", "pft", "sft"])
+    tr.add_argument("--layout", required=True, choices=["mixed", "item", "session", "text"],
+                    help="ppt: mixed; pft: item (PFT-I) or session (PFT-S); sft: text")
+    tr.add_argument("--init-from", type=Path, help="PFT: the PPT run folder to start from")
+    tr.add_argument("--base", default="smollm2", help="smollm2 (default), tiny, or a local HF model folder")
+    tr.add_argument("--model-cache", type=Path, default=Path(".state/models"), help="where converted models are cached")
+    for name, typ in (("k", int), ("group", int), ("max-history", int), ("max-samples", int), ("epochs", int),
+                      ("batch-size", int), ("grad-accum", int), ("lr", float), ("seed", int)):
+        tr.add_argument(f"--{name}", type=typ)
+    tr.add_argument("--finetune", choices=["lora", "full"])
+    tr.set_defaults(func=_cmd_train)
+
+    ev = top.add_parser("evaluate", help="rank a split with constrained beam search and report HR/NDCG")
+    ev.add_argument("--data", required=True, type=Path, help="a prepared data folder")
+    ev.add_argument("--run", required=True, type=Path, help="a finished run folder (its config gives the layout)")
+    ev.add_argument("--out", required=True, type=Path, help="folder for eval.json and ranks.parquet")
+    ev.add_argument("--split", default="test", choices=["val", "test"])
+    ev.add_argument("--max-samples", type=int, default=200, help="deterministic sample of targets to rank")
+    ev.add_argument("--beams", type=int, default=20)
+    ev.add_argument("--top-k", type=int, default=20)
+    ev.add_argument("--json", action="store_true", help="print eval.json")
+    ev.set_defaults(func=_cmd_evaluate)
     return parser
 
 

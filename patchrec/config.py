@@ -140,7 +140,7 @@ class TrainConfig(_Frozen):
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    bf16: bool = True
+    bf16: bool | Literal["auto"] = Field("auto", description="bf16 autocast; auto = where the hardware has native bf16")
     length_grouped: bool = True
     checkpoint_every: int = Field(50, ge=1)
     seed: int = 0
@@ -151,3 +151,22 @@ class TrainConfig(_Frozen):
         if self.layout not in allowed:
             raise ValueError(f"stage {self.stage!r} uses layout {sorted(allowed)}, not {self.layout!r}")
         return self
+
+
+class ModelConfig(_Frozen):
+    """The base model: 'smollm2' (the embedded default), 'tiny' (random, offline, for tests) or a local folder."""
+
+    base: str = "smollm2"
+    cache_dir: Path = Path(".state/models")
+    tiny_hidden: int = 64
+    tiny_layers: int = 2
+
+
+class EvalConfig(_Frozen):
+    split: Literal["val", "test"] = "test"
+    max_samples: int | None = Field(200, ge=1, description="evaluate a deterministic sample of this many targets")
+    num_beams: int = Field(20, ge=1)
+    top_k: int = Field(20, ge=1)
+    length_penalty: float = 1.0
+    bf16: bool | Literal["auto"] = "auto"
+    seed: int = 0

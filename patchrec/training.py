@@ -7,7 +7,6 @@ and progress output go through `is_main` so a torchrun launcher can reuse it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from patchrec.config import TrainConfig
 from patchrec.data.sequences import SequenceStore
+from patchrec.hardware import use_bf16
 from patchrec.io import write_json
 from patchrec.patching import Batch, CatalogTable, assemble, item_patches, layout_kinds
 from patchrec.prompts import PromptPieces
@@ -166,7 +166,7 @@ def train_stage(model, store: SequenceStore, catalog: CatalogTable, pieces: Prom
     if catalog.patches is None or cfg.finetune == "full":  # the table follows the (possibly resumed) embeddings
         with torch.no_grad():
             catalog.patches = item_patches(embed, catalog.title_ids, catalog.title_len)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(cfg.bf16))
     shares: list[float] = []
     losses: list[float] = []
     loss_val, n_samples, t0 = float("nan"), 0, time.perf_counter()
@@ -187,7 +187,7 @@ def train_stage(model, store: SequenceStore, catalog: CatalogTable, pieces: Prom
                 batch, share = make_batch(store, micro, cfg, catalog, pieces, embed, p, gen)
                 loss = label_loss(model, batch) / cfg.grad_accum
             loss.backward()
-            step_loss += float(loss)
+            step_loss += float(loss.detach())
             step_shares.append(share)
             n_samples += len(micro)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -4,20 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from patchrec.config import DataConfig
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    import os
-
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 def test_prepare_data_flow(prefect_server, ml100k_dir, tmp_path):

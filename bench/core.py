@@ -1,0 +1,266 @@
+"""Core benchmarks of the method on the default model, each comparison measured in the same run:
+
+- tokens per prompt (SFT-100, SFT-20, PFT-I(k=5), PFT-S(G=5), PFT-S(G=20)) on the paper's test samples;
+- training samples/s: PFT-S vs SFT-100 (ours), and ours vs a naive authors'-style step (per-item Python
+  loops, fp32, full-vocabulary logits) on the same batch;
+- prompt assembly time as a share of a training step;
+- ranking users/s at 20 beams: ours (one prefill, shared KV cache, tensorized trie) vs plain
+  `generate` with a Python `prefix_allowed_tokens_fn` trie walk;
+- achieved training FLOP/s vs the matmul peak measured in the same run.
+
+    python -m bench.core [--train-steps 2] [--rank-users 3] [--base smollm2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO.parent / "shared" / "data" / "patchrec-paper"
+LAYOUTS = {  # name: (mode, max_history, k, group)
+    "SFT-100": ("text", 100, 5, 5), "SFT-20": ("text", 20, 5, 5), "PFT-I(k=5)": ("item", 100, 5, 5),
+    "PFT-S(G=5)": ("session", 100, 5, 5), "PFT-S(G=20)": ("session", 100, 5, 20),
+}
+
+
+def _prepared(name: str, work: Path) -> Path:
+    from patchrec.config import DataConfig
+    from patchrec.data.ingest import ingest
+    from patchrec.data.sequences import build_splits
+
+    cfg = DataConfig(format="patchrec-paper", raw=PAPER / name, out=work / name)
+    ingest(cfg)
+    build_splits(cfg)
+    return cfg.out
+
+
+def _kinds(lengths, mode, k, group):
+    from patchrec.patching import layout_kinds
+
+    return layout_kinds(lengths, mode, k=k, group=group)
+
+
+def _batch(store, idx, s, mode, max_hist, k, group, targets=True):
+    from patchrec.patching import assemble
+
+    hists, tg = zip(*(store.sample(int(i)) for i in idx))
+    hists = [h[-max_hist:] for h in hists]
+    lengths = torch.tensor([len(h) for h in hists])
+    flat = torch.from_numpy(np.concatenate(hists).astype(np.int64))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
+    kinds, groups = _kinds(lengths, mode, k, group)
+    return assemble(flat, offsets, torch.tensor(tg) if targets else None, kinds, groups, s.catalog, s.pieces,
+                    s.model.get_input_embeddings())
+
+
+def tokens_per_prompt(setup_for, work: Path) -> dict:
+    from patchrec.data.sequences import SequenceStore
+
+    out = {}
+    for name in ("ml-1m", "ml-100k"):
+        if not (PAPER / name).is_dir():
+            continue
+        data = _prepared(name, work)
+        s = setup_for(data)
+        store = SequenceStore(data, max_history=100)
+        idx = store.indices("test")
+        res = {}
+        with torch.no_grad():
+            for label, (mode, mh, k, g) in LAYOUTS.items():
+                lens = [_batch(store, idx[i : i + 256], s, mode, mh, k, g, targets=False).lengths
+                        for i in range(0, len(idx), 256)]
+                res[label] = float(torch.cat(lens).float().mean())
+        res["PFT-S(G=5) / SFT-100"] = res["PFT-S(G=5)"] / res["SFT-100"]
+        out[name] = {"test_samples": int(len(idx)), "mean_prompt_tokens": res}
+    return out
+
+
+def _naive_batch(store, idx, s, mode, max_hist, k, group):
+    """The authors' way: a Python loop per sample and per item, one embedding call per item title."""
+    E = s.model.get_input_embeddings()
+    rows, labels = [], []
+    for i in idx:
+        h, t = store.sample(int(i))
+        h = h[-max_hist:]
+        kinds, groups = _kinds(torch.tensor([len(h)]), mode, k, group)
+        emb, lab = [E(torch.tensor(s.pieces.prefix))], [-100] * len(s.pieces.prefix)
+        j = 0
+        while j < len(h):
+            e = j
+            while kinds[j] == 2 and e + 1 < len(h) and kinds[e + 1] == 2 and groups[e + 1] == groups[j]:
+                e += 1
+            delim = s.pieces.seq_end if e == len(h) - 1 else s.pieces.item_sep
+            if kinds[j] == 0:
+                ids = s.catalog.title_ids[h[j], : s.catalog.title_len[h[j]]]
+                emb.append(E(ids))
+                lab += [-100] * len(ids)
+            else:
+                pats = [E(s.catalog.title_ids[it, : s.catalog.title_len[it]]).mean(0) for it in h[j : e + 1]]
+                emb.append(torch.stack(pats).mean(0, keepdim=True))
+                lab.append(-100)
+            emb.append(E(torch.tensor([delim])))
+            lab.append(-100)
+            j = e + 1
+        tid = s.catalog.title_ids[t, : s.catalog.title_len[t]].tolist() + s.pieces.end
+        emb += [E(torch.tensor(s.pieces.middle)), E(torch.tensor(tid))]
+        lab += [-100] * len(s.pieces.middle) + tid
+        rows.append(torch.cat(emb))
+        labels.append(torch.tensor(lab))
+    S = max(r.shape[0] for r in rows)
+    x = torch.zeros(len(rows), S, rows[0].shape[1])
+    y = torch.full((len(rows), S), -100)
+    m = torch.zeros(len(rows), S, dtype=torch.long)
+    for b, (r, l) in enumerate(zip(rows, labels)):
+        x[b, : len(r)], y[b, : len(l)], m[b, : len(r)] = r, l, 1
+    return x, m, y
+
+
+def train_speed(s, store, steps: int, batch: int) -> dict:
+    from patchrec.config import TrainConfig
+    from patchrec.hardware import use_bf16
+    from patchrec.training import label_loss, wrap_for_training
+
+    model = wrap_for_training(s.model, TrainConfig(stage="pft", layout="session"), s.new_tokens)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    with torch.no_grad():
+        from patchrec.patching import item_patches
+
+        s.catalog.patches = item_patches(model.get_input_embeddings(), s.catalog.title_ids, s.catalog.title_len)
+    idx = store.indices("train")
+    idx = idx[store.sample_pos[idx] >= 100][: steps * batch]  # long histories: the case patches are for
+    bf16 = use_bf16("auto")
+    n_params = sum(p.numel() for p in model.parameters())
+    res = {"bf16": bf16, "batch": batch, "steps": steps}
+
+    def run(label, mode, mh, k, g, naive=False):
+        assembly, total, tokens = 0.0, 0.0, 0
+        for st in range(steps):
+            mb = idx[st * batch : (st + 1) * batch]
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and not naive):
+                if naive:
+                    x, m, y = _naive_batch(store, mb, s, mode, mh, k, g)
+                    t1 = time.perf_counter()
+                    loss = model(inputs_embeds=x, attention_mask=m, labels=y).loss  # full-vocabulary logits
+                else:
+                    b = _batch(store, mb, s, mode, mh, k, g)
+                    t1 = time.perf_counter()
+                    x, m = b.inputs_embeds, b.attention_mask
+                    loss = label_loss(model, b)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad()
+            t2 = time.perf_counter()
+            assembly += t1 - t0
+            total += t2 - t0
+            tokens += int(m.sum())
+        res[label] = {"samples_per_s": steps * batch / total, "s_per_step": total / steps,
+                      "assembly_share": assembly / total, "tokens_per_step": tokens / steps,
+                      "flops_per_s": 6 * n_params * tokens / total}
+
+    run("ours PFT-S(G=5)", "session", 100, 5, 5)
+    run("ours SFT-100", "text", 100, 5, 5)
+    run("naive PFT-S(G=5)", "session", 100, 5, 5, naive=True)
+    res["PFT-S vs SFT-100"] = res["ours PFT-S(G=5)"]["samples_per_s"] / res["ours SFT-100"]["samples_per_s"]
+    res["ours vs naive (PFT-S)"] = res["ours PFT-S(G=5)"]["samples_per_s"] / res["naive PFT-S(G=5)"]["samples_per_s"]
+    return res
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def rank_speed(s, store, users: int) -> dict:
+    from patchrec.evaluation.beam import rank_one
+    from patchrec.evaluation.trie import TitleTrie
+
+    model = s.model.eval()
+    trie = TitleTrie.build(s.catalog.title_ids, s.catalog.title_len, s.pieces.end[0])
+    with torch.no_grad():
+        from patchrec.patching import item_patches
+
+        s.catalog.patches = item_patches(model.get_input_embeddings(), s.catalog.title_ids, s.catalog.title_len)
+    idx = store.indices("test")[:users]
+    seqs = [s.catalog.title_ids[i, : s.catalog.title_len[i]].tolist() + s.pieces.end for i in range(len(s.catalog.title_len))]
+    root: dict = {}
+    for q in seqs:
+        node = root
+        for t in q:
+            node = node.setdefault(t, {})
+    res = {}
+    for label, (mode, mh, k, g) in (("PFT-S(G=20)", LAYOUTS["PFT-S(G=20)"]), ("SFT-100", LAYOUTS["SFT-100"])):
+        ours = base = 0.0
+        for i in idx:
+            b = _batch(store, [i], s, mode, mh, k, g, targets=False)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                rank_one(model, b.inputs_embeds, trie, 20, 20)
+            t1 = time.perf_counter()
+
+            def allowed(_, sent):
+                node = root
+                for t in sent.tolist():  # with inputs_embeds, `sent` holds only the generated tokens
+                    node = node.get(t, {})
+                return list(node) or [s.pieces.end[0]]
+
+            with torch.no_grad():
+                model.generate(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask, num_beams=20,
+                               num_return_sequences=20, max_new_tokens=64, prefix_allowed_tokens_fn=allowed,
+                               do_sample=False, eos_token_id=s.pieces.end[0], pad_token_id=s.pieces.pad)
+            ours += t1 - t0
+            base += time.perf_counter() - t1
+        res[label] = {"ours_users_per_s": len(idx) / ours, "generate_users_per_s": len(idx) / base,
+                      "speedup": base / ours}
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base", default="smollm2")
+    p.add_argument("--train-steps", type=int, default=2)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--rank-users", type=int, default=3)
+    p.add_argument("--work", type=Path, default=REPO / ".state" / "bench")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "core.json")
+    args = p.parse_args(argv)
+    from patchrec.config import ModelConfig
+    from patchrec.data.sequences import SequenceStore
+    from patchrec.prompts import PromptConfig
+    from patchrec.stages import setup_model
+
+    mcfg = ModelConfig(base=args.base, cache_dir=REPO / ".state" / "models")
+    setup_for = lambda data: setup_model(data, mcfg, PromptConfig())  # noqa: E731
+    report: dict = {"benchmark": "core", "command": "python -m bench.core " + " ".join(argv or sys.argv[1:]),
+                    "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
+                                "device": "cpu"}, "date": time.strftime("%Y-%m-%d"), "base": args.base}
+    report["tokens_per_prompt"] = tokens_per_prompt(setup_for, args.work)
+    data = args.work / "ml-100k"
+    store = SequenceStore(data, max_history=100)
+    report["peak_matmul_flops"] = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, reps=1)}
+    report["training"] = train_speed(setup_for(data), store, args.train_steps, args.batch)
+    best = max(report["peak_matmul_flops"].values())
+    report["training"]["ours PFT-S(G=5)"]["fraction_of_matmul_peak"] = report["training"]["ours PFT-S(G=5)"]["flops_per_s"] / best
+    report["ranking"] = rank_speed(setup_for(data), store, args.rank_users)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

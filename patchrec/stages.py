@@ -1,0 +1,158 @@
+"""Stage entry points used by the CLI and the Prefect tasks: paths in, run folders out.
+
+A run folder holds config.json (the resolved configs), meta.json (results), trainable.pt (the LoRA
+adapter and new token rows, or all weights for full fine-tuning), tokenizer/ and checkpoints/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from patchrec.config import EvalConfig, ModelConfig, TrainConfig
+from patchrec.data.sequences import SequenceStore
+from patchrec.evaluation.beam import rank_one
+from patchrec.evaluation.metrics import first_ranks, lenient_paper_ranks, summarize_ranks
+from patchrec.evaluation.trie import TitleTrie
+from patchrec.hardware import use_bf16
+from patchrec.io import atomic_path, read_json, write_json
+from patchrec.model import add_prompt_tokens, build_tiny, ensure_smollm2, load_causal_lm
+from patchrec.patching import CatalogTable, assemble, item_patches, layout_kinds
+from patchrec.prompts import PromptConfig, PromptPieces, render_pieces, tokenize_titles
+from patchrec.training import StageResult, latest_checkpoint, load_trainable, train_stage, wrap_for_training
+
+__all__ = ["Setup", "setup_model", "train", "evaluate", "HISTORY_BUCKETS"]
+
+HISTORY_BUCKETS = ((1, 10), (11, 20), (21, 50), (51, 100), (101, 10**9))
+
+
+class Setup:
+    """Model, tokenizer, prompt pieces and catalog table for one prepared data folder."""
+
+    def __init__(self, data_dir: Path, mcfg: ModelConfig, prompt: PromptConfig):
+        self.titles = pd.read_parquet(Path(data_dir) / "items.parquet").sort_values("item_idx")
+        if not np.array_equal(self.titles.item_idx.to_numpy(), np.arange(len(self.titles))):
+            raise ValueError(f"{data_dir}/items.parquet: item_idx must be 0..N-1 for the catalog table")
+        titles = self.titles.title.tolist()
+        if mcfg.base == "tiny":
+            self.model, self.tok = build_tiny(titles + [prompt.system, prompt.instruction], hidden=mcfg.tiny_hidden,
+                                              layers=mcfg.tiny_layers)
+        else:
+            path = ensure_smollm2(mcfg.cache_dir) if mcfg.base == "smollm2" else Path(mcfg.base)
+            self.model, self.tok = load_causal_lm(path)
+        ids = add_prompt_tokens(self.model, self.tok)
+        self.new_tokens = [ids["seq_start"], ids["item_sep"], ids["seq_end"]]
+        self.pieces: PromptPieces = render_pieces(self.tok, prompt, ids)
+        self.catalog = CatalogTable.from_token_lists(tokenize_titles(self.tok, titles))
+
+
+def setup_model(data_dir: Path, mcfg: ModelConfig, prompt: PromptConfig) -> Setup:
+    return Setup(data_dir, mcfg, prompt)
+
+
+def train(data_dir: Path, out_dir: Path, tcfg: TrainConfig, mcfg: ModelConfig, prompt: PromptConfig,
+          init_from: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train one stage into `out_dir` (resuming if it holds checkpoints); PFT starts from `init_from` (PPT).
+
+    A finished run with the same configs is not trained again: its meta record is returned.
+    """
+    out_dir = Path(out_dir)
+    config = {"train": tcfg.model_dump(mode="json"), "model": mcfg.model_dump(mode="json"),
+              "prompt": prompt.model_dump(mode="json"), "data_dir": str(data_dir),
+              "init_from": str(init_from) if init_from else None}
+    if (out_dir / "trainable.pt").is_file() and (out_dir / "config.json").is_file():
+        if read_json(out_dir / "config.json") == config:
+            return read_json(out_dir / "meta.json")
+    s = setup_model(data_dir, mcfg, prompt)
+    torch.manual_seed(tcfg.seed)
+    model = wrap_for_training(s.model, tcfg, s.new_tokens)
+    if init_from is not None and latest_checkpoint(out_dir / "checkpoints") is None:
+        load_trainable(model, Path(init_from) / "trainable.pt")
+    store = SequenceStore(data_dir, max_history=tcfg.max_history)
+    result: StageResult = train_stage(model, store, s.catalog, s.pieces, tcfg, out_dir, progress=progress)
+    shutil.copyfile(latest_checkpoint(out_dir / "checkpoints") / "trainable.pt", out_dir / "trainable.tmp")
+    (out_dir / "trainable.tmp").replace(out_dir / "trainable.pt")
+    s.tok.save_pretrained(out_dir / "tokenizer")
+    meta = {**result.to_dict(), "data_dir": str(data_dir), "init_from": config["init_from"]}
+    write_json(meta, out_dir / "meta.json")
+    write_json(config, out_dir / "config.json")  # last: marks the run finished
+    return meta
+
+
+def _bucket(n: int) -> str:
+    lo, hi = next(b for b in HISTORY_BUCKETS if b[0] <= n <= b[1])
+    return f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"
+
+
+def evaluate(data_dir: Path, run_dir: Path | None, out_dir: Path, ecfg: EvalConfig, mcfg: ModelConfig | None = None,
+             prompt: PromptConfig | None = None, tcfg: TrainConfig | None = None, progress: bool = True) -> dict[str, Any]:
+    """Rank catalog items for a deterministic sample of a split with the run's layout; write eval.json.
+
+    Model, prompt and layout default to those recorded in `run_dir/config.json`.
+    """
+    if run_dir is not None and (Path(run_dir) / "config.json").is_file():
+        saved = read_json(Path(run_dir) / "config.json")
+        mcfg = mcfg or ModelConfig.model_validate(saved["model"])
+        prompt = prompt or PromptConfig.model_validate(saved["prompt"])
+        tcfg = tcfg or TrainConfig.model_validate(saved["train"])
+    if mcfg is None or prompt is None or tcfg is None:
+        raise ValueError("evaluate needs a finished run folder, or model, prompt and train configs")
+    s = setup_model(data_dir, mcfg, prompt)
+    model = s.model
+    if run_dir is not None:
+        model = wrap_for_training(model, tcfg, s.new_tokens)
+        load_trainable(model, Path(run_dir) / "trainable.pt")
+    model.eval()
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        s.catalog.patches = item_patches(embed, s.catalog.title_ids, s.catalog.title_len)
+    trie = TitleTrie.build(s.catalog.title_ids, s.catalog.title_len, s.pieces.end[0])
+    store = SequenceStore(data_dir, max_history=tcfg.max_history)
+    idx = store.indices(ecfg.split)
+    if ecfg.max_samples and len(idx) > ecfg.max_samples:
+        idx = np.sort(np.random.default_rng(ecfg.seed).choice(idx, ecfg.max_samples, replace=False))
+    ranked, targets, hist_len, users = [], [], [], []
+    iterator = idx
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(idx, desc=f"rank {ecfg.split}", unit="user")
+    t0 = time.perf_counter()
+    layout = "text" if tcfg.layout == "mixed" else tcfg.layout
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(ecfg.bf16))
+    for i in iterator:
+        hist, target = store.sample(int(i))
+        kinds, groups = layout_kinds(torch.tensor([len(hist)]), layout, k=tcfg.k, group=tcfg.group)
+        with torch.no_grad(), autocast:
+            batch = assemble(torch.from_numpy(hist.astype(np.int64)), torch.tensor([0, len(hist)]), None, kinds,
+                             groups, s.catalog, s.pieces, embed)
+            r = rank_one(model, batch.inputs_embeds, trie, ecfg.num_beams, ecfg.top_k, ecfg.length_penalty)
+        ranked.append(r.items)
+        targets.append(target)
+        hist_len.append(len(hist))
+        users.append(int(store.sample_user[i]))
+    seconds = time.perf_counter() - t0
+    ranks = first_ranks(ranked, targets)
+    titles = s.titles.title.tolist()
+    lenient = lenient_paper_ranks([[titles[j] for j in lst] for lst in ranked], [titles[t] for t in targets])
+    metrics = summarize_ranks(ranks, np.asarray(users))
+    metrics.update({f"paper_lenient_hr_{k}": float(np.mean((lenient >= 0) & (lenient < k))) for k in (5, 10, 20)})
+    by_len: dict[str, dict[str, float]] = {}
+    buckets = np.array([_bucket(n) for n in hist_len])
+    for b in dict.fromkeys(buckets):
+        m = buckets == b
+        by_len[b] = {"n": int(m.sum()), **summarize_ranks(ranks[m], ks=(10, 20))}
+    result = {"split": ecfg.split, "samples": len(idx), "layout": layout, "users_per_s": len(idx) / seconds,
+              "metrics": metrics, "by_history_length": by_len, "run_dir": str(run_dir) if run_dir else None}
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "ranks.parquet") as tmp:
+        pd.DataFrame({"sample": idx, "user_idx": users, "target": targets, "rank": ranks, "history_len": hist_len,
+                      "ranked": ranked}).to_parquet(tmp)
+    write_json(result, out_dir / "eval.json")
+    return result
