@@ -31,15 +31,26 @@ LAYOUTS = {  # name: (mode, max_history, k, group)
 }
 
 
-def _prepared(name: str, work: Path) -> Path:
+def _prepared(name: str, work: Path, paper: Path = PAPER) -> Path:
     from patchrec.config import DataConfig
     from patchrec.data.ingest import ingest
     from patchrec.data.sequences import build_splits
 
-    cfg = DataConfig(format="patchrec-paper", raw=PAPER / name, out=work / name)
+    cfg = DataConfig(format="patchrec-paper", raw=paper / name, out=work / name)
     ingest(cfg)
     build_splits(cfg)
     return cfg.out
+
+
+def _dev():
+    from patchrec.hardware import device
+
+    return device()
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _kinds(lengths, mode, k, group):
@@ -61,19 +72,20 @@ def _batch(store, idx, s, mode, max_hist, k, group, targets=True):
                     s.model.get_input_embeddings())
 
 
-def tokens_per_prompt(setup_for, work: Path) -> dict:
+def tokens_per_prompt(setup_for, work: Path, paper: Path = PAPER) -> dict:
     from patchrec.data.sequences import SequenceStore
 
     out = {}
     for name in ("ml-1m", "ml-100k"):
-        if not (PAPER / name).is_dir():
+        if not (paper / name).is_dir():
             continue
-        data = _prepared(name, work)
+        data = _prepared(name, work, paper)
         s = setup_for(data)
         store = SequenceStore(data, max_history=100)
         idx = store.indices("test")
         res = {}
         with torch.no_grad():
+            s.catalog.patches = _patches(s)
             for label, (mode, mh, k, g) in LAYOUTS.items():
                 lens = [_batch(store, idx[i : i + 256], s, mode, mh, k, g, targets=False).lengths
                         for i in range(0, len(idx), 256)]
@@ -83,15 +95,23 @@ def tokens_per_prompt(setup_for, work: Path) -> dict:
     return out
 
 
+def _patches(s):
+    from patchrec.patching import item_patches
+
+    with torch.no_grad():
+        return item_patches(s.model.get_input_embeddings(), s.catalog.title_ids, s.catalog.title_len)
+
+
 def _naive_batch(store, idx, s, mode, max_hist, k, group):
     """The authors' way: a Python loop per sample and per item, one embedding call per item title."""
     E = s.model.get_input_embeddings()
+    dev = E.weight.device
     rows, labels = [], []
     for i in idx:
         h, t = store.sample(int(i))
         h = h[-max_hist:]
         kinds, groups = _kinds(torch.tensor([len(h)]), mode, k, group)
-        emb, lab = [E(torch.tensor(s.pieces.prefix))], [-100] * len(s.pieces.prefix)
+        emb, lab = [E(torch.tensor(s.pieces.prefix, device=dev))], [-100] * len(s.pieces.prefix)
         j = 0
         while j < len(h):
             e = j
@@ -106,18 +126,18 @@ def _naive_batch(store, idx, s, mode, max_hist, k, group):
                 pats = [E(s.catalog.title_ids[it, : s.catalog.title_len[it]]).mean(0) for it in h[j : e + 1]]
                 emb.append(torch.stack(pats).mean(0, keepdim=True))
                 lab.append(-100)
-            emb.append(E(torch.tensor([delim])))
+            emb.append(E(torch.tensor([delim], device=dev)))
             lab.append(-100)
             j = e + 1
         tid = s.catalog.title_ids[t, : s.catalog.title_len[t]].tolist() + s.pieces.end
-        emb += [E(torch.tensor(s.pieces.middle)), E(torch.tensor(tid))]
+        emb += [E(torch.tensor(s.pieces.middle, device=dev)), E(torch.tensor(tid, device=dev))]
         lab += [-100] * len(s.pieces.middle) + tid
         rows.append(torch.cat(emb))
-        labels.append(torch.tensor(lab))
+        labels.append(torch.tensor(lab, device=dev))
     S = max(r.shape[0] for r in rows)
-    x = torch.zeros(len(rows), S, rows[0].shape[1])
-    y = torch.full((len(rows), S), -100)
-    m = torch.zeros(len(rows), S, dtype=torch.long)
+    x = torch.zeros(len(rows), S, rows[0].shape[1], device=dev)
+    y = torch.full((len(rows), S), -100, device=dev)
+    m = torch.zeros(len(rows), S, dtype=torch.long, device=dev)
     for b, (r, l) in enumerate(zip(rows, labels)):
         x[b, : len(r)], y[b, : len(l)], m[b, : len(r)] = r, l, 1
     return x, m, y
@@ -131,28 +151,32 @@ def train_speed(s, store, steps: int, batch: int) -> dict:
     model = wrap_for_training(s.model, TrainConfig(stage="pft", layout="session"), s.new_tokens)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
-    with torch.no_grad():
-        from patchrec.patching import item_patches
-
-        s.catalog.patches = item_patches(model.get_input_embeddings(), s.catalog.title_ids, s.catalog.title_len)
+    s.catalog.patches = _patches(s)
     idx = store.indices("train")
-    idx = idx[store.sample_pos[idx] >= 100][: steps * batch]  # long histories: the case patches are for
+    idx = idx[store.sample_pos[idx] >= 100][: max(steps, 1) * batch]  # long histories: the case patches are for
     bf16 = use_bf16("auto")
-    n_params = sum(p.numel() for p in model.parameters())
-    res = {"bf16": bf16, "batch": batch, "steps": steps}
+    # Matmul FLOPs per token: 2N forward + 2N backward (input grads) for the frozen non-embedding weights
+    # under LoRA (6N with full fine-tuning); the embedding table is a lookup, the LM head runs on labels only.
+    emb = model.get_input_embeddings().weight.numel()
+    n_params = sum(p.numel() for p in model.parameters()) - emb
+    flops_per_token = 4 * n_params
+    res = {"bf16": bf16, "batch": batch, "steps": steps,
+           "flops_note": "flops_per_s = 4 x non-embedding parameters x tokens / s (LoRA: frozen weights get no weight grads)"}
 
     def run(label, mode, mh, k, g, naive=False):
         assembly, total, tokens = 0.0, 0.0, 0
-        for st in range(steps):
-            mb = idx[st * batch : (st + 1) * batch]
+        for st in range(-1, steps):  # step -1: an untimed warm-up
+            mb = idx[max(st, 0) * batch : (max(st, 0) + 1) * batch]
+            _sync()
             t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and not naive):
+            with torch.autocast(_dev().type, dtype=torch.bfloat16, enabled=bf16 and not naive):
                 if naive:
                     x, m, y = _naive_batch(store, mb, s, mode, mh, k, g)
                     t1 = time.perf_counter()
                     loss = model(inputs_embeds=x, attention_mask=m, labels=y).loss  # full-vocabulary logits
                 else:
                     b = _batch(store, mb, s, mode, mh, k, g)
+                    _sync()
                     t1 = time.perf_counter()
                     x, m = b.inputs_embeds, b.attention_mask
                     loss = label_loss(model, b)
@@ -160,13 +184,15 @@ def train_speed(s, store, steps: int, batch: int) -> dict:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad()
+            _sync()
             t2 = time.perf_counter()
-            assembly += t1 - t0
-            total += t2 - t0
-            tokens += int(m.sum())
+            if st >= 0:
+                assembly += t1 - t0
+                total += t2 - t0
+                tokens += int(m.sum())
         res[label] = {"samples_per_s": steps * batch / total, "s_per_step": total / steps,
                       "assembly_share": assembly / total, "tokens_per_step": tokens / steps,
-                      "flops_per_s": 6 * n_params * tokens / total}
+                      "flops_per_s": flops_per_token * tokens / total}
 
     run("ours PFT-S(G=5)", "session", 100, 5, 5)
     run("ours SFT-100", "text", 100, 5, 5)
@@ -177,11 +203,13 @@ def train_speed(s, store, steps: int, batch: int) -> dict:
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = torch.randn(n, n, dtype=dtype, device=_dev()), torch.randn(n, n, dtype=dtype, device=_dev())
     a @ b
+    _sync()
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    _sync()
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
@@ -191,10 +219,7 @@ def rank_speed(s, store, users: int) -> dict:
 
     model = s.model.eval()
     trie = TitleTrie.build(s.catalog.title_ids, s.catalog.title_len, s.pieces.end[0])
-    with torch.no_grad():
-        from patchrec.patching import item_patches
-
-        s.catalog.patches = item_patches(model.get_input_embeddings(), s.catalog.title_ids, s.catalog.title_len)
+    s.catalog.patches = _patches(s)
     idx = store.indices("test")[:users]
     seqs = [s.catalog.title_ids[i, : s.catalog.title_len[i]].tolist() + s.pieces.end for i in range(len(s.catalog.title_len))]
     root: dict = {}
@@ -207,9 +232,11 @@ def rank_speed(s, store, users: int) -> dict:
         ours = base = 0.0
         for i in idx:
             b = _batch(store, [i], s, mode, mh, k, g, targets=False)
+            _sync()
             t0 = time.perf_counter()
             with torch.no_grad():
                 rank_one(model, b.inputs_embeds, trie, 20, 20)
+            _sync()
             t1 = time.perf_counter()
 
             def allowed(_, sent):
@@ -222,6 +249,7 @@ def rank_speed(s, store, users: int) -> dict:
                 model.generate(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask, num_beams=20,
                                num_return_sequences=20, max_new_tokens=64, prefix_allowed_tokens_fn=allowed,
                                do_sample=False, eos_token_id=s.pieces.end[0], pad_token_id=s.pieces.pad)
+            _sync()
             ours += t1 - t0
             base += time.perf_counter() - t1
         res[label] = {"ours_users_per_s": len(idx) / ours, "generate_users_per_s": len(idx) / base,
@@ -235,23 +263,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-steps", type=int, default=2)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--rank-users", type=int, default=3)
+    p.add_argument("--paper", type=Path, default=PAPER, help="the paper's processed data (ml-1m, ml-100k)")
     p.add_argument("--work", type=Path, default=REPO / ".state" / "bench")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "core.json")
     args = p.parse_args(argv)
     from patchrec.config import ModelConfig
     from patchrec.data.sequences import SequenceStore
     from patchrec.prompts import PromptConfig
-    from patchrec.stages import setup_model
+    from patchrec.stages import Setup
 
     mcfg = ModelConfig(base=args.base, cache_dir=REPO / ".state" / "models")
-    setup_for = lambda data: setup_model(data, mcfg, PromptConfig())  # noqa: E731
+    setup_for = lambda data: Setup(data, mcfg, PromptConfig())  # noqa: E731
     report: dict = {"benchmark": "core", "command": "python -m bench.core " + " ".join(argv or sys.argv[1:]),
                     "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
-                                "device": "cpu"}, "date": time.strftime("%Y-%m-%d"), "base": args.base}
-    report["tokens_per_prompt"] = tokens_per_prompt(setup_for, args.work)
+                                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}, "date": time.strftime("%Y-%m-%d"), "base": args.base}
+    report["tokens_per_prompt"] = tokens_per_prompt(setup_for, args.work, args.paper)
     data = args.work / "ml-100k"
     store = SequenceStore(data, max_history=100)
-    report["peak_matmul_flops"] = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, reps=1)}
+    from patchrec.hardware import use_bf16
+
+    gpu = torch.cuda.is_available()
+    report["peak_matmul_flops"] = {  # a small bf16 problem where bf16 is emulated (it runs ~300x slower)
+        "fp32": matmul_peak(torch.float32, n=8192 if gpu else 2048, reps=20 if gpu else 5),
+        "bf16": matmul_peak(torch.bfloat16, n=8192 if gpu else (2048 if use_bf16("auto") else 512),
+                            reps=20 if gpu else 2)}
     report["training"] = train_speed(setup_for(data), store, args.train_steps, args.batch)
     best = max(report["peak_matmul_flops"].values())
     report["training"]["ours PFT-S(G=5)"]["fraction_of_matmul_peak"] = report["training"]["ours PFT-S(G=5)"]["flops_per_s"] / best

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bench import ingest
+from bench import core, ingest
 
-BENCHMARKS = [ingest.main]
+BENCHMARKS = [ingest.main, core.main]
 
 if __name__ == "__main__":
     for run in BENCHMARKS:

@@ -31,6 +31,10 @@ class CatalogTable:
     title_len: Tensor  # (N,) long, >= 1
     patches: Tensor | None = None  # (N, D)
 
+    def to(self, device: torch.device | str) -> CatalogTable:
+        patches = None if self.patches is None else self.patches.to(device)
+        return CatalogTable(self.title_ids.to(device), self.title_len.to(device), patches)
+
     @classmethod
     def from_token_lists(cls, ids: list[list[int]]) -> CatalogTable:
         lens = torch.tensor([len(x) for x in ids], dtype=torch.long)
@@ -45,7 +49,7 @@ def item_patches(embed: torch.nn.Module, title_ids: Tensor, title_len: Tensor, c
     out = []
     for s in range(0, title_ids.shape[0], chunk):
         ids, lens = title_ids[s : s + chunk], title_len[s : s + chunk]
-        mask = (torch.arange(ids.shape[1]) < lens[:, None]).unsqueeze(-1)  # (n, T, 1)
+        mask = (torch.arange(ids.shape[1], device=ids.device) < lens[:, None]).unsqueeze(-1)  # (n, T, 1)
         e = embed(ids)  # (n, T, D)
         out.append((e * mask).sum(1) / lens[:, None].to(e.dtype))
     return torch.cat(out)
@@ -99,19 +103,23 @@ def assemble(
     history (sum L,) item indices, oldest first per sample; offsets (B + 1,); targets (B,) or None
     (prompt only, for ranking); kinds/groups from `layout_kinds`; patches (N, D) defaults to catalog.patches.
     """
+    dev = embed.weight.device
+    history, offsets, kinds, groups = history.to(dev), offsets.to(dev), kinds.to(dev), groups.to(dev)
+    targets = None if targets is None else targets.to(dev)
     B = offsets.numel() - 1
     lengths = offsets[1:] - offsets[:-1]
     n = history.numel()
-    sample = torch.repeat_interleave(torch.arange(B), lengths)
+    sample = torch.repeat_interleave(torch.arange(B, device=dev), lengths)
     # Units: a session item continues the unit of the previous item when both are in the same session.
-    prev_same = torch.zeros(n, dtype=torch.bool)
+    prev_same = torch.zeros(n, dtype=torch.bool, device=dev)
     if n > 1:
         prev_same[1:] = (sample[1:] == sample[:-1]) & (kinds[1:] == SESSION) & (kinds[:-1] == SESSION) & (
             groups[1:] == groups[:-1])
     unit = torch.cumsum(~prev_same, 0) - 1  # (n,)
     n_units = int(unit[-1]) + 1
-    last_of_unit = torch.zeros(n_units, dtype=torch.long).scatter_reduce(0, unit, torch.arange(n), "amax")
-    first_of_unit = torch.zeros(n_units, dtype=torch.long).scatter_reduce(0, unit, torch.arange(n), "amin",
+    ar_n = torch.arange(n, device=dev)
+    last_of_unit = torch.zeros(n_units, dtype=torch.long, device=dev).scatter_reduce(0, unit, ar_n, "amax")
+    first_of_unit = torch.zeros(n_units, dtype=torch.long, device=dev).scatter_reduce(0, unit, ar_n, "amin",
                                                                           include_self=False)
     u_sample = sample[first_of_unit]
     u_kind = kinds[first_of_unit]
@@ -126,29 +134,29 @@ def assemble(
         if table is None:
             raise ValueError("compressed layout needs item patches: compute catalog.patches first")
         counts = torch.bincount(unit, minlength=n_units).clamp(min=1).to(table.dtype)
-        sums = torch.zeros(n_units, table.shape[1], dtype=table.dtype).index_add_(0, unit, table[history])
+        sums = torch.zeros(n_units, table.shape[1], dtype=table.dtype, device=dev).index_add_(0, unit, table[history])
         vectors = sums / counts[:, None]  # (n_units, D); rows of text units are unused
-    u_order = torch.arange(n_units) - (torch.cumsum(torch.bincount(u_sample, minlength=B), 0)
+    u_order = torch.arange(n_units, device=dev) - (torch.cumsum(torch.bincount(u_sample, minlength=B), 0)
                                        - torch.bincount(u_sample, minlength=B))[u_sample]
     # Segments: (sample, sort key, kind, payload, length, carries loss).
     fixed = [pieces.prefix, pieces.middle, pieces.end]
-    fixed_tab = torch.zeros(3, max(len(f) for f in fixed), dtype=torch.long)
+    fixed_tab = torch.zeros(3, max(len(f) for f in fixed), dtype=torch.long, device=dev)
     for i, f in enumerate(fixed):
-        fixed_tab[i, : len(f)] = torch.tensor(f, dtype=torch.long)
-    fixed_len = torch.tensor([len(f) for f in fixed])
-    ar = torch.arange(B)
+        fixed_tab[i, : len(f)] = torch.tensor(f, dtype=torch.long, device=dev)
+    fixed_len = torch.tensor([len(f) for f in fixed], device=dev)
+    ar = torch.arange(B, device=dev)
     big = 1 << 32
     seg = [
-        (ar, torch.zeros(B, dtype=torch.long), torch.full((B,), _FIXED), torch.zeros(B, dtype=torch.long), fixed_len[0].expand(B), False),
-        (u_sample, big + 2 * u_order, torch.where(compressed, _VECTOR, _TITLE), torch.where(compressed, torch.arange(n_units), u_item),
+        (ar, torch.zeros(B, dtype=torch.long, device=dev), torch.full((B,), _FIXED, device=dev), torch.zeros(B, dtype=torch.long, device=dev), fixed_len[0].expand(B), False),
+        (u_sample, big + 2 * u_order, torch.where(compressed, _VECTOR, _TITLE), torch.where(compressed, torch.arange(n_units, device=dev), u_item),
          torch.where(compressed, 1, catalog.title_len[u_item]), False),
-        (u_sample, big + 2 * u_order + 1, torch.full((n_units,), _TOKEN), u_delim, torch.ones(n_units, dtype=torch.long), False),
-        (ar, torch.full((B,), 2 * big), torch.full((B,), _FIXED), torch.ones(B, dtype=torch.long), fixed_len[1].expand(B), False),
+        (u_sample, big + 2 * u_order + 1, torch.full((n_units,), _TOKEN, device=dev), u_delim, torch.ones(n_units, dtype=torch.long, device=dev), False),
+        (ar, torch.full((B,), 2 * big, device=dev), torch.full((B,), _FIXED, device=dev), torch.ones(B, dtype=torch.long, device=dev), fixed_len[1].expand(B), False),
     ]
     if targets is not None:
         seg += [
-            (ar, torch.full((B,), 3 * big), torch.full((B,), _TITLE), targets, catalog.title_len[targets], True),
-            (ar, torch.full((B,), 4 * big), torch.full((B,), _FIXED), torch.full((B,), 2), fixed_len[2].expand(B), True),
+            (ar, torch.full((B,), 3 * big, device=dev), torch.full((B,), _TITLE, device=dev), targets, catalog.title_len[targets], True),
+            (ar, torch.full((B,), 4 * big, device=dev), torch.full((B,), _FIXED, device=dev), torch.full((B,), 2, device=dev), fixed_len[2].expand(B), True),
         ]
     s_sample = torch.cat([s[0] for s in seg])
     order = torch.argsort(s_sample * (8 * big) + torch.cat([s[1] for s in seg]))
@@ -156,12 +164,12 @@ def assemble(
     s_kind = torch.cat([s[2] for s in seg])[order]
     s_pay = torch.cat([s[3] for s in seg])[order]
     s_len = torch.cat([s[4] for s in seg])[order]
-    s_loss = torch.cat([torch.full((len(s[0]),), s[5]) for s in seg])[order]
+    s_loss = torch.cat([torch.full((len(s[0]),), s[5], device=dev) for s in seg])[order]
     # Expand segments to positions.
-    seg_id = torch.repeat_interleave(torch.arange(len(s_len)), s_len)
+    seg_id = torch.repeat_interleave(torch.arange(len(s_len), device=dev), s_len)
     seg_start = torch.cumsum(s_len, 0) - s_len
-    within = torch.arange(int(s_len.sum())) - seg_start[seg_id]
-    seq_len = torch.zeros(B, dtype=torch.long).index_add_(0, s_sample, s_len)
+    within = torch.arange(int(s_len.sum()), device=dev) - seg_start[seg_id]
+    seq_len = torch.zeros(B, dtype=torch.long, device=dev).index_add_(0, s_sample, s_len)
     sample_start = torch.cumsum(seq_len, 0) - seq_len
     p_sample = s_sample[seg_id]
     pos = seg_start[seg_id] - sample_start[p_sample] + within
@@ -180,8 +188,8 @@ def assemble(
     S = int(seq_len.max())
     embeds = flat.new_zeros(B, S, flat.shape[1])
     embeds[p_sample, pos] = flat  # the one scatter
-    labels = torch.full((B, S), -100, dtype=torch.long)
+    labels = torch.full((B, S), -100, dtype=torch.long, device=dev)
     loss = s_loss[seg_id]
     labels[p_sample[loss], pos[loss]] = tok[loss]
-    attention = (torch.arange(S)[None, :] < seq_len[:, None]).long()
+    attention = (torch.arange(S, device=dev)[None, :] < seq_len[:, None]).long()
     return Batch(embeds, attention, labels, seq_len)

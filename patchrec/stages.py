@@ -20,14 +20,14 @@ from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.beam import rank_one
 from patchrec.evaluation.metrics import first_ranks, lenient_paper_ranks, summarize_ranks
 from patchrec.evaluation.trie import TitleTrie
-from patchrec.hardware import use_bf16
+from patchrec.hardware import device, use_bf16
 from patchrec.io import atomic_path, read_json, write_json
 from patchrec.model import add_prompt_tokens, build_tiny, ensure_smollm2, load_causal_lm
 from patchrec.patching import CatalogTable, assemble, item_patches, layout_kinds
 from patchrec.prompts import PromptConfig, PromptPieces, render_pieces, tokenize_titles
 from patchrec.training import StageResult, latest_checkpoint, load_trainable, train_stage, wrap_for_training
 
-__all__ = ["Setup", "setup_model", "train", "evaluate", "HISTORY_BUCKETS"]
+__all__ = ["Setup", "train", "evaluate", "HISTORY_BUCKETS"]
 
 HISTORY_BUCKETS = ((1, 10), (11, 20), (21, 50), (51, 100), (101, 10**9))
 
@@ -47,13 +47,10 @@ class Setup:
             path = ensure_smollm2(mcfg.cache_dir) if mcfg.base == "smollm2" else Path(mcfg.base)
             self.model, self.tok = load_causal_lm(path)
         ids = add_prompt_tokens(self.model, self.tok)
+        self.model.to(device())
         self.new_tokens = [ids["seq_start"], ids["item_sep"], ids["seq_end"]]
         self.pieces: PromptPieces = render_pieces(self.tok, prompt, ids)
-        self.catalog = CatalogTable.from_token_lists(tokenize_titles(self.tok, titles))
-
-
-def setup_model(data_dir: Path, mcfg: ModelConfig, prompt: PromptConfig) -> Setup:
-    return Setup(data_dir, mcfg, prompt)
+        self.catalog = CatalogTable.from_token_lists(tokenize_titles(self.tok, titles)).to(device())
 
 
 def train(data_dir: Path, out_dir: Path, tcfg: TrainConfig, mcfg: ModelConfig, prompt: PromptConfig,
@@ -69,7 +66,7 @@ def train(data_dir: Path, out_dir: Path, tcfg: TrainConfig, mcfg: ModelConfig, p
     if (out_dir / "trainable.pt").is_file() and (out_dir / "config.json").is_file():
         if read_json(out_dir / "config.json") == config:
             return read_json(out_dir / "meta.json")
-    s = setup_model(data_dir, mcfg, prompt)
+    s = Setup(data_dir, mcfg, prompt)
     torch.manual_seed(tcfg.seed)
     model = wrap_for_training(s.model, tcfg, s.new_tokens)
     if init_from is not None and latest_checkpoint(out_dir / "checkpoints") is None:
@@ -103,7 +100,7 @@ def evaluate(data_dir: Path, run_dir: Path | None, out_dir: Path, ecfg: EvalConf
         tcfg = tcfg or TrainConfig.model_validate(saved["train"])
     if mcfg is None or prompt is None or tcfg is None:
         raise ValueError("evaluate needs a finished run folder, or model, prompt and train configs")
-    s = setup_model(data_dir, mcfg, prompt)
+    s = Setup(data_dir, mcfg, prompt)
     model = s.model
     if run_dir is not None:
         model = wrap_for_training(model, tcfg, s.new_tokens)
@@ -125,7 +122,7 @@ def evaluate(data_dir: Path, run_dir: Path | None, out_dir: Path, ecfg: EvalConf
         iterator = tqdm(idx, desc=f"rank {ecfg.split}", unit="user")
     t0 = time.perf_counter()
     layout = "text" if tcfg.layout == "mixed" else tcfg.layout
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(ecfg.bf16))
+    autocast = torch.autocast(device().type, dtype=torch.bfloat16, enabled=use_bf16(ecfg.bf16))
     for i in iterator:
         hist, target = store.sample(int(i))
         kinds, groups = layout_kinds(torch.tensor([len(hist)]), layout, k=tcfg.k, group=tcfg.group)

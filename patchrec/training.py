@@ -134,7 +134,7 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def load_trainable(model, path: Path) -> None:
-    state = torch.load(path, map_location="cpu")
+    state = torch.load(path, map_location=next(model.parameters()).device)
     missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
     if missing:
         raise ValueError(f"{path} lacks trainable tensors {missing[:3]} (different model or stage?)")
@@ -149,6 +149,10 @@ def train_stage(model, store: SequenceStore, catalog: CatalogTable, pieces: Prom
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
+    dev = next(model.parameters()).device
+    if catalog.title_ids.device != dev:
+        moved = catalog.to(dev)
+        catalog.title_ids, catalog.title_len, catalog.patches = moved.title_ids, moved.title_len, moved.patches
     plan = batch_plan(store, cfg)
     total = math.ceil(len(plan) / cfg.grad_accum)
     embed = model.get_input_embeddings()
@@ -158,15 +162,15 @@ def train_stage(model, store: SequenceStore, catalog: CatalogTable, pieces: Prom
     start = 0
     if (ck := latest_checkpoint(ckpt_dir)) is not None:
         load_trainable(model, ck / "trainable.pt")
-        state = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
+        state = torch.load(ck / "state.pt", map_location=dev, weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         start = state["step"]
     if catalog.patches is None or cfg.finetune == "full":  # the table follows the (possibly resumed) embeddings
         with torch.no_grad():
             catalog.patches = item_patches(embed, catalog.title_ids, catalog.title_len)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(cfg.bf16))
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.bf16))
     shares: list[float] = []
     losses: list[float] = []
     loss_val, n_samples, t0 = float("nan"), 0, time.perf_counter()

@@ -27,9 +27,10 @@ class Ranking:
 def rank_one(model, prompt_embeds: Tensor, trie: TitleTrie, num_beams: int = 20, top_k: int = 20,
              length_penalty: float = 1.0, max_steps: int = 64) -> Ranking:
     """Rank catalog items for one prompt (1, S, D) with `num_beams` constrained beams."""
+    dev = prompt_embeds.device  # the trie and the beam bookkeeping stay on the CPU; logits come back once a step
     out = model(inputs_embeds=prompt_embeds, use_cache=True, logits_to_keep=1)
     cache = out.cache
-    logp = torch.log_softmax(out.logits[:, -1].float(), -1)  # (1, V)
+    logp = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()  # (1, V)
     nodes = torch.zeros(1, dtype=torch.long)
     scores = torch.zeros(1)
     finished: list[tuple[float, int]] = []  # (normalized score, leaf node)
@@ -45,10 +46,10 @@ def rank_one(model, prompt_embeds: Tensor, trie: TitleTrie, num_beams: int = 20,
         if not keep.any():
             break
         beam, tok, nodes, scores = beam[keep], tok[keep], child[keep], cand[keep]
-        cache.reorder_cache(beam)
-        out = model(input_ids=tok[:, None], cache=cache, use_cache=True)
+        cache.reorder_cache(beam.to(dev))
+        out = model(input_ids=tok[:, None].to(dev), cache=cache, use_cache=True)
         cache = out.cache
-        logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+        logp = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()
     finished.sort(key=lambda x: -x[0])
     items: list[int] = []
     item_scores: list[float] = []
