@@ -11,7 +11,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,9 @@ class StageResult:
     samples_per_s: float
     losses: list[float]  # per optimizer step of this call
     compressed_share: list[float]  # per optimizer step: share of history items given as patches
+    first_step: int = 0  # global index of losses[0] (> 0 after a resume)
+    lrs: list[float] = field(default_factory=list)  # learning rate used by each step
+    step_samples_per_s: list[float] = field(default_factory=list)  # throughput of each step
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -173,6 +176,8 @@ def train_stage(model, store: SequenceStore, catalog: CatalogTable, pieces: Prom
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.bf16))
     shares: list[float] = []
     losses: list[float] = []
+    lrs: list[float] = []
+    speeds: list[float] = []
     loss_val, n_samples, t0 = float("nan"), 0, time.perf_counter()
     stop = total if max_steps is None else min(total, max_steps)
     bar = None
@@ -185,7 +190,8 @@ def train_stage(model, store: SequenceStore, catalog: CatalogTable, pieces: Prom
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         p = step / total if cfg.stage == "ppt" else 0.0
         optimizer.zero_grad(set_to_none=True)
-        step_loss, step_shares = 0.0, []
+        step_loss, step_shares, step_t0, step_n = 0.0, [], time.perf_counter(), n_samples
+        lrs.append(float(scheduler.get_last_lr()[0]))
         for micro in plan[step * cfg.grad_accum : (step + 1) * cfg.grad_accum]:
             with autocast:
                 batch, share = make_batch(store, micro, cfg, catalog, pieces, embed, p, gen)
@@ -203,6 +209,7 @@ def train_stage(model, store: SequenceStore, catalog: CatalogTable, pieces: Prom
         loss_val = step_loss
         losses.append(loss_val)
         shares.append(float(np.mean(step_shares)))
+        speeds.append((n_samples - step_n) / max(time.perf_counter() - step_t0, 1e-9))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_val:.3f}", samples_s=f"{n_samples / (time.perf_counter() - t0):.1f}")
@@ -213,7 +220,7 @@ def train_stage(model, store: SequenceStore, catalog: CatalogTable, pieces: Prom
         bar.close()
     elapsed = time.perf_counter() - t0
     result = StageResult(str(out_dir), stop, n_samples, loss_val, n_samples / elapsed if elapsed else 0.0, losses,
-                         shares)
+                         shares, start, lrs, speeds)
     if is_main:
         write_json(cfg.model_dump(mode="json"), out_dir / "config.json")
         write_json(result.to_dict(), out_dir / "meta.json")

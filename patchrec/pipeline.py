@@ -1,0 +1,197 @@
+"""The full pipeline's typed configuration: named profiles, dotted overrides, and stage fingerprints.
+
+A profile is a complete `PipelineConfig` for one dataset and budget. Overrides are `{"pft.lr": 1e-4}`-style
+dotted keys applied before validation, so a typo fails loudly. Relative raw-data paths resolve against the
+project root; every output goes under the state folder (`PATCHREC_STATE`, default `<project>/.state`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from patchrec.config import DataConfig, EvalConfig, ModelConfig, TrainConfig, load_source
+from patchrec.io import file_digest
+from patchrec.prompts import PromptConfig
+
+__all__ = ["PROFILES", "PROJECT_ROOT", "RegistryConfig", "PipelineConfig", "load_pipeline", "fingerprint",
+           "data_fingerprint", "model_identity"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class RegistryConfig(BaseModel):
+    """How a new model version is named and when it replaces the champion."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str | None = Field(None, description="registered model name; default patchrec-<dataset>")
+    metric: str = Field("ndcg_10", description="validation metric compared for promotion (higher is better)")
+    margin: float = Field(0.0, description="promote when challenger >= champion + margin")
+    max_history: int = Field(200, ge=1, description="longest history the served model accepts")
+
+
+class PipelineConfig(BaseModel):
+    """Everything one `full-pipeline` or `nightly-retrain` run needs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    profile: str
+    dataset: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    state_dir: Path
+    data: DataConfig
+    model: ModelConfig
+    prompt: PromptConfig = PromptConfig()
+    ppt: TrainConfig | None = Field(None, description="patch pre-training; None = fine-tune directly")
+    pft: TrainConfig
+    val: EvalConfig
+    test: EvalConfig
+    registry: RegistryConfig = RegistryConfig()
+    warm_start: bool = Field(True, description="nightly: fine-tune from the champion instead of from scratch")
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineConfig:
+        if self.val.split != "val" or self.test.split != "test":
+            raise ValueError("val must evaluate split 'val' and test split 'test'")
+        if self.ppt is not None and self.ppt.stage != "ppt":
+            raise ValueError(f"ppt must be a PPT stage, got stage {self.ppt.stage!r}")
+        if self.pft.stage == "ppt":
+            raise ValueError("pft must be a PFT or SFT stage")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.name or f"patchrec-{self.dataset}"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.state_dir / "runs" / self.dataset
+
+    def summary(self) -> dict[str, Any]:
+        """Flat params for MLflow (dotted keys, scalar values)."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+_ML100K_DATA = {"format": "movielens-100k", "raw": "../shared/data/ml-100k", "min_rating": 4.0}
+_SMALL_EVAL = {"max_samples": 40, "num_beams": 20, "top_k": 20}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Seconds on a CPU: synthetic data, a random 2-layer model. For tests and deployment smoke runs.
+    "tiny": {
+        "dataset": "tiny",
+        "data": {"format": "generic", "raw": "examples/tiny/raw", "source": "examples/tiny/source.yaml",
+                 "protocol": "loo", "min_history": 2, "max_future_days": 3650.0},
+        "model": {"base": "tiny", "tiny_hidden": 32, "tiny_layers": 2},
+        "ppt": {"stage": "ppt", "layout": "mixed", "max_history": 20, "batch_size": 8, "lr": 5e-3,
+                "checkpoint_every": 5},
+        "pft": {"stage": "pft", "layout": "session", "group": 2, "max_history": 20, "batch_size": 8, "lr": 5e-3,
+                "checkpoint_every": 5},
+        "val": {"split": "val", "max_samples": 12, "num_beams": 10, "top_k": 10},
+        "test": {"split": "test", "max_samples": 12, "num_beams": 10, "top_k": 10},
+        "registry": {"max_history": 50},
+    },
+    # `make demo`: MovieLens-100k on SmolLM2-135M-Instruct, a budget that fits 15 minutes on 2 CPU cores.
+    "demo": {
+        "dataset": "ml-100k",
+        "data": _ML100K_DATA,
+        "model": {"base": "smollm2"},
+        "ppt": {"stage": "ppt", "layout": "mixed", "textual_copy": False, "max_history": 50, "max_samples": 32,
+                "lr": 5e-4},
+        "pft": {"stage": "pft", "layout": "session", "group": 20, "max_history": 50, "max_samples": 96, "lr": 5e-4},
+        "val": {"split": "val", "max_samples": 24},
+        "test": {"split": "test", **_SMALL_EVAL},
+    },
+    # The method's settings on MovieLens-100k (hours on a CPU; minutes on a GPU).
+    "ml-100k": {
+        "dataset": "ml-100k",
+        "data": _ML100K_DATA,
+        "model": {"base": "smollm2"},
+        "ppt": {"stage": "ppt", "layout": "mixed", "max_history": 100},
+        "pft": {"stage": "pft", "layout": "session", "group": 5, "max_history": 100},
+        "val": {"split": "val", "max_samples": 200},
+        "test": {"split": "test", "max_samples": None},
+    },
+    # The paper's MovieLens-1M split (needs a GPU).
+    "ml-1m": {
+        "dataset": "ml-1m",
+        "data": {"format": "patchrec-paper", "raw": "../shared/data/patchrec-paper/ml-1m"},
+        "model": {"base": "smollm2"},
+        "ppt": {"stage": "ppt", "layout": "mixed", "max_history": 100, "batch_size": 32},
+        "pft": {"stage": "pft", "layout": "session", "group": 5, "max_history": 100, "batch_size": 32},
+        "val": {"split": "val", "max_samples": 500},
+        "test": {"split": "test", "max_samples": None},
+    },
+}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _apply(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ValueError(f"override {key!r}: {p!r} is not a section")
+            node = node[p]
+        node[leaf] = value
+    return raw
+
+
+def _resolve(path: str | Path, root: Path) -> Path:
+    p = Path(os.path.expanduser(str(path)))
+    return p if p.is_absolute() else (root / p).resolve()
+
+
+def load_pipeline(profile: str = "demo", overrides: dict[str, Any] | None = None,
+                  state_dir: str | Path | None = None) -> PipelineConfig:
+    """Profile + overrides -> a validated config with absolute paths. Errors name the profile or key."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    raw = _apply(PROFILES[profile], overrides or {})
+    state = _resolve(state_dir or os.environ.get("PATCHREC_STATE") or ".state", PROJECT_ROOT)
+    data = dict(raw.get("data") or {})
+    data["raw"] = _resolve(data.get("raw", ""), PROJECT_ROOT)
+    data["out"] = state / "data" / str(raw.get("dataset"))
+    if isinstance(data.get("source"), (str, Path)):
+        data["source"] = load_source(_resolve(data["source"], PROJECT_ROOT))
+    model = {"cache_dir": state / "models", **(raw.get("model") or {})}
+    try:
+        return PipelineConfig.model_validate({**raw, "profile": profile, "state_dir": state, "data": data,
+                                              "model": model})
+    except ValueError as exc:
+        raise ValueError(f"profile {profile!r} with overrides {overrides or {}}: {exc}") from exc
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short, stable hash of JSON-able parts (configs, upstream fingerprints)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    """Content hash of the tables training and ranking read (items, sequences, samples)."""
+    data_dir = Path(data_dir)
+    return fingerprint([file_digest(data_dir / f)[1] for f in ("items.parquet", "sequences.parquet",
+                                                               "samples.parquet")])
+
+
+def model_identity(mcfg: ModelConfig) -> dict[str, Any]:
+    """The parts of a model config that change results (not where the cache lives)."""
+    return mcfg.model_dump(mode="json", exclude={"cache_dir"})
+

