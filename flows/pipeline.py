@@ -16,7 +16,7 @@ from flows.prepare_data import prepare_data
 from patchrec.pipeline import PipelineConfig
 from tasks import lifecycle as t
 
-__all__ = ["catalog", "patch_pretrain", "patch_finetune", "evaluate", "register", "full_pipeline",
+__all__ = ["patchrec", "catalog", "patch_pretrain", "patch_finetune", "evaluate", "register", "full_pipeline",
            "nightly_retrain"]
 
 Profile = Literal["tiny", "demo", "ml-100k", "ml-1m"]
@@ -116,3 +116,11 @@ def nightly_retrain(profile: Profile = "demo", overrides: dict[str, Any] | None 
     t.close_run(cfg, parent, True, {**result, "tags": {**result["tags"], "nightly": plan["reason"]}})
     _print(result)
     return {"trained": True, "reason": plan["reason"], **result, "mlflow_run": parent}
+
+
+@flow(name="patchrec", log_prints=True)
+def patchrec(job: Literal["full-pipeline", "nightly-retrain"] = "full-pipeline", profile: Profile = "demo",
+             overrides: dict[str, Any] | None = None, state_dir: str | None = None) -> Record:
+    """The deployed entry point (`prefect deployment run patchrec/full-pipeline`, `patchrec/nightly-retrain`)."""
+    job_flow = full_pipeline if job == "full-pipeline" else nightly_retrain
+    return job_flow(profile=profile, overrides=overrides, state_dir=state_dir)

@@ -190,6 +190,26 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_services(args: argparse.Namespace) -> int:
+    from patchrec.pipeline import state_path
+    from patchrec.services import Services
+
+    svc = Services(state_path(args.state), port=args.port)
+    if args.action == "up":
+        pids = svc.up()
+        print(f"Prefect UI and API: http://127.0.0.1:{args.port}  (pids {pids}; logs in {svc.logs})")
+        print(f"run: PREFECT_API_URL={svc.api} prefect deployment run patchrec/full-pipeline")
+    elif args.action == "down":
+        stopped = svc.down()
+        print("stopped " + (", ".join(stopped) if stopped else "nothing (no live PID files)"))
+    else:
+        for name in ("prefect-server", "prefect-worker"):
+            pid = svc.pid(name)
+            print(f"{name:<15} {'running, pid ' + str(pid) if pid else 'stopped'}")
+        print(f"API {svc.api}: {'healthy' if svc.healthy() else 'not answering'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from patchrec import __version__
 
@@ -272,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--json", action="store_true")
     rc.add_argument("--state", type=Path, help=state_help)
     rc.set_defaults(func=_cmd_recommend)
+
+    sv = top.add_parser("services", help="local Prefect server + work pool + deployments + worker (by PID files)")
+    sv.add_argument("action", choices=["up", "down", "status"])
+    sv.add_argument("--port", type=int, default=4200)
+    sv.add_argument("--state", type=Path, help=state_help)
+    sv.set_defaults(func=_cmd_services)
     return parser
 
 
@@ -291,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (SourceError, IngestError, ValidationFailed, FileNotFoundError, ValueError, ValidationError) as exc:
+    except (SourceError, IngestError, ValidationFailed, FileNotFoundError, ValueError, ValidationError, RuntimeError,
+            TimeoutError) as exc:
         print(f"patchrec: error: {exc}", file=sys.stderr)
         return 2
 
