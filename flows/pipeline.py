@@ -59,14 +59,17 @@ def register(cfg: PipelineConfig, data: Record, cat: Record, run: Record, val: R
 
 def _train_and_register(cfg: PipelineConfig, data: Record, parent: str, init: Record | None) -> Record:
     cat = catalog(cfg, data, parent)
+    done = [cat]
     if init is None and cfg.ppt is not None:
         init = patch_pretrain(cfg, data, cat, parent)
+        done.append(init)
     run = patch_finetune(cfg, data, cat, init, parent)
     ev = evaluate(cfg, data, cat, run, parent)
+    done += [run, ev["val"], ev["test"]]
     reg = register(cfg, data, cat, run, ev["val"], ev["test"], parent)
     metrics = {f"{s}_{k}": v for s in ("val", "test") for k, v in ev[s]["metrics"].items()}
     return {"profile": cfg.profile, "dataset": cfg.dataset, "run_dir": run["dir"], "metrics": metrics,
-            "registry": reg, "reused": {r["stage"]: r["reused"] for r in (cat, run, ev["val"], ev["test"])},
+            "registry": reg, "reused": {r["stage"]: r["reused"] for r in done},
             "tags": {"registered_version": reg["version"], "promoted": reg["promoted"]}}
 
 

@@ -1,0 +1,115 @@
+"""full-pipeline on the `tiny` profile: stages, reuse, MLflow runs/metrics/artifacts, registry and promotion."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny_state(prefect_server, tmp_path_factory):
+    """One full-pipeline run of the tiny profile in a fresh state folder."""
+    from flows.pipeline import full_pipeline
+
+    state = tmp_path_factory.mktemp("state")
+    result = full_pipeline("tiny", state_dir=str(state))
+    return state, result
+
+
+def _client(state):
+    from mlflow import MlflowClient
+
+    from patchrec import tracking
+
+    tracking.tracking_uri(state)
+    return MlflowClient()
+
+
+def test_first_run_trains_everything_and_registers_a_champion(tiny_state):
+    state, res = tiny_state
+    assert res["reused"] == {"catalog": False, "ppt": False, "pft": False, "eval-val": False, "eval-test": False}
+    reg = res["registry"]
+    assert reg["registered"] and reg["version"] == 1 and reg["promoted"] and reg["reason"] == "first version"
+    client = _client(state)
+    labels = client.get_registered_model("patchrec-tiny").aliases
+    assert labels == {"champion": 1, "challenger": 1}
+    version = client.get_model_version("patchrec-tiny", "1")
+    assert float(version.tags["val_ndcg_10"]) == pytest.approx(res["metrics"]["val_ndcg_10"], abs=1e-6)
+
+
+def test_mlflow_parent_and_nested_stage_runs(tiny_state):
+    state, res = tiny_state
+    client = _client(state)
+    parent = client.get_run(res["mlflow_run"])
+    assert parent.info.status == "FINISHED" and parent.data.params["pft.layout"] == "session"
+    assert parent.data.metrics["test_ndcg_10"] == pytest.approx(res["metrics"]["test_ndcg_10"])
+    assert all("@" not in k for k in parent.data.metrics)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_name = {r.info.run_name: r for r in children}
+    assert set(by_name) == {"prepare-data", "catalog", "ppt", "pft", "evaluate-val", "evaluate-test", "register"}
+    pft = by_name["pft"]
+    steps = int(pft.data.metrics["steps"])
+    for key in ("loss", "lr", "samples_per_s"):
+        history = client.get_metric_history(pft.info.run_id, key)
+        assert [m.step for m in history] == list(range(steps))
+    assert by_name["prepare-data"].inputs.dataset_inputs[0].dataset.name == "tiny"
+    arts = {a.path for a in client.list_artifacts(by_name["prepare-data"].info.run_id)}
+    assert {"validation", "prepare_summary.json"} <= arts
+    for name, png in (("pft", "plots/training_pft.png"), ("evaluate-val", "plots/hr_by_history_val.png"),
+                      ("catalog", "plots/tokens_per_prompt.png")):
+        paths = {a.path for a in client.list_artifacts(by_name[name].info.run_id, "plots")}
+        assert png in paths
+        local = client.download_artifacts(by_name[name].info.run_id, png)
+        assert open(local, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_reuses_stages_and_registers_nothing(tiny_state):
+    from flows.pipeline import full_pipeline
+
+    state, first = tiny_state
+    again = full_pipeline("tiny", state_dir=str(state))
+    assert all(again["reused"].values()) and again["metrics"] == first["metrics"]
+    assert not again["registry"]["registered"] and again["registry"]["version"] == 1
+
+
+def test_guarded_promotion_and_rollback(tiny_state):
+    from flows.pipeline import full_pipeline
+    from patchrec import registry
+
+    state, _ = tiny_state
+    never = full_pipeline("tiny", {"registry.margin": 1.0}, state_dir=str(state))  # needs +1.0 NDCG: impossible
+    assert never["registry"]["registered"] and not never["registry"]["promoted"]
+    v_never = never["registry"]["version"]
+    client = _client(state)
+    assert client.get_registered_model("patchrec-tiny").aliases == {"champion": 1, "challenger": v_never}
+    always = full_pipeline("tiny", {"registry.margin": -1.0}, state_dir=str(state))
+    v_new = always["registry"]["version"]
+    assert always["registry"]["promoted"] and v_new == v_never + 1
+    assert client.get_model_version("patchrec-tiny", str(v_new)).tags["previous_champion"] == "1"
+    assert registry.rollback("patchrec-tiny") == (v_new, 1)
+    assert client.get_registered_model("patchrec-tiny").aliases["champion"] == 1
+    with pytest.raises(ValueError, match="no previous champion"):
+        registry.rollback("patchrec-tiny")
+
+
+def test_pyfunc_model_recommends_and_rejects_bad_input(tiny_state):
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    state, _ = tiny_state
+    _client(state)
+    model = mlflow.pyfunc.load_model("models:/patchrec-tiny@champion")
+    out = model.predict(pd.DataFrame({"history": [["m01", "m02", "m03"], ["m10"]]}), params={"top_k": 4})
+    assert list(out.columns) == ["item_keys", "titles", "scores"] and len(out) == 2
+    items = pd.read_csv("examples/tiny/raw/items.csv", dtype=str).set_index("id").title
+    for keys, titles, scores in out.itertuples(index=False):
+        assert len(keys) == 4 and [items[k] for k in keys] == list(titles)
+        assert list(scores) == sorted(scores, reverse=True)
+    by_title = model.predict(pd.DataFrame({"history": [[items["m01"], items["m02"], items["m03"]]]}),
+                             params={"top_k": 4, "id_type": "title"})
+    assert list(by_title.item_keys[0]) == list(out.item_keys[0])
+    for history, message in (([], "history is empty"), (["m01", "zzz"], r"unknown item key\(s\) \['zzz'\]"),
+                             (["m01"] * 51, "more than this model accepts")):
+        with pytest.raises(MlflowException, match=message):
+            model.predict(pd.DataFrame({"history": [history]}))
