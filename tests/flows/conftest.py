@@ -1,4 +1,4 @@
-"""One temporary Prefect server for the flow tests of a session."""
+"""One temporary Prefect server for the flow tests of a session, and one tiny full-pipeline run."""
 
 from __future__ import annotations
 
@@ -14,3 +14,13 @@ def prefect_server(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_state(prefect_server, tmp_path_factory):
+    """One full-pipeline run of the tiny profile in a fresh state folder: (state, result)."""
+    from flows.pipeline import full_pipeline
+
+    state = tmp_path_factory.mktemp("state")
+    result = full_pipeline("tiny", state_dir=str(state))
+    return state, result

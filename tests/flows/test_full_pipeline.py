@@ -6,16 +6,6 @@ import pandas as pd
 import pytest
 
 
-@pytest.fixture(scope="module")
-def tiny_state(prefect_server, tmp_path_factory):
-    """One full-pipeline run of the tiny profile in a fresh state folder."""
-    from flows.pipeline import full_pipeline
-
-    state = tmp_path_factory.mktemp("state")
-    result = full_pipeline("tiny", state_dir=str(state))
-    return state, result
-
-
 def _client(state):
     from mlflow import MlflowClient
 

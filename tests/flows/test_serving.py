@@ -1,0 +1,78 @@
+"""`mlflow models serve` of the champion on 127.0.0.1: recommendations, 400s with clear messages, still serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture
+def server(tiny_state):
+    state, _ = tiny_state
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{state / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/patchrec-tiny@champion",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None, "mlflow models serve exited"
+                assert time.monotonic() < deadline, "server did not answer /ping"
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_served_champion(server, tmp_path):
+    from patchrec.cli import main
+
+    good = json.dumps({"dataframe_records": [{"history": ["m01", "m02", "m03"]}], "params": {"top_k": 5}}).encode()
+    code, body = _post(f"{server}/invocations", good)
+    assert code == 200 and len(body["predictions"][0]["item_keys"]) == 5
+    bad = {
+        "unknown item": ({"dataframe_records": [{"history": ["m01", "nope"]}]}, "unknown item key(s) ['nope']"),
+        "empty": ({"dataframe_records": [{"history": []}]}, "history is empty"),
+        "over-long": ({"dataframe_records": [{"history": ["m01"] * 51}]}, "more than this model accepts (50)"),
+    }
+    for name, (payload, message) in bad.items():
+        code, body = _post(f"{server}/invocations", json.dumps(payload).encode())
+        assert code == 400 and message in body["message"], name
+    code, body = _post(f"{server}/invocations", b'{"dataframe_records": [{"hist')
+    assert code == 400 and "valid JSON" in body["message"]
+    assert _post(f"{server}/invocations", good) == (200, _post(f"{server}/invocations", good)[1])  # still serving
+    assert main(["recommend", "--url", server, "--history", "m01,m02,m03", "--top-k", "5", "--json"]) == 0
+    assert main(["recommend", "--url", server, "--history", "m01,zzz"]) == 2
