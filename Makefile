@@ -13,13 +13,25 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
+export PREFECT_HOME := $(STATE)/prefect
+export PATCHREC_STATE := $(STATE)
+export PATCHREC_MODEL_CACHE := $(STATE)/models
+MLFLOW_URI ?= sqlite:///$(STATE)/mlflow.db
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+DATASET ?= ml-100k
+SERVE_PORT ?= 5001
 
-.PHONY: help venv demo test bench clean
+.PHONY: help venv demo test bench up down status run nightly mlflow-ui serve clean
 
 help:
-	@echo "make demo   # set up, then prepare MovieLens-100k and run PPT -> PFT-S -> evaluate on SmolLM2"
-	@echo "make test   # set up, then run the test suite"
-	@echo "make bench  # run every benchmark; JSON goes to bench/results/"
+	@echo "make demo       # set up, then the full pipeline on MovieLens-100k + SmolLM2 (demo profile), registered in MLflow"
+	@echo "make test       # set up, then run the test suite"
+	@echo "make bench      # run every benchmark; JSON goes to bench/results/"
+	@echo "make up         # local Prefect server (127.0.0.1:4200) + work pool + deployments + worker; make down stops them"
+	@echo "make run        # prefect deployment run patchrec/full-pipeline (after make up)"
+	@echo "make nightly    # prefect deployment run patchrec/nightly-retrain (it is also scheduled at 02:00 UTC)"
+	@echo "make mlflow-ui  # MLflow UI on http://127.0.0.1:5000 (runs, plots, registered models)"
+	@echo "make serve      # mlflow models serve models:/patchrec-$(DATASET)@champion on 127.0.0.1:$(SERVE_PORT)"
 
 venv: $(STAMP)
 
@@ -34,6 +46,27 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m flows.demo --state "$(STATE)" --ml100k "$(ML100K_DIR)"
+
+up: $(STAMP)
+	$(PY) -m patchrec.cli services up
+
+down: $(STAMP)
+	$(PY) -m patchrec.cli services down
+
+status: $(STAMP)
+	$(PY) -m patchrec.cli services status
+
+run: $(STAMP)
+	PREFECT_API_URL=http://127.0.0.1:4200/api $(VENV)/bin/prefect deployment run patchrec/full-pipeline --watch
+
+nightly: $(STAMP)
+	PREFECT_API_URL=http://127.0.0.1:4200/api $(VENV)/bin/prefect deployment run patchrec/nightly-retrain --watch
+
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_URI)" --registry-store-uri "$(MLFLOW_URI)" --host 127.0.0.1 --port 5000
+
+serve: $(STAMP)
+	MLFLOW_TRACKING_URI="$(MLFLOW_URI)" $(VENV)/bin/mlflow models serve -m "models:/patchrec-$(DATASET)@champion" --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest

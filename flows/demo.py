@@ -1,46 +1,62 @@
-"""`make demo`: prepare MovieLens-100k, then PPT -> PFT-S on SmolLM2-135M-Instruct with a small budget
-that fits 15 minutes on 2 CPU cores, and print HR/NDCG@{5,10,20} on a sample of the test split."""
+"""`make demo`: the full pipeline with the `demo` profile (MovieLens-100k, SmolLM2-135M-Instruct, a budget that
+fits 15 minutes on 2 CPU cores): prepare -> catalog -> PPT -> PFT-S -> evaluate -> register. Prints the
+champion's metrics and how to query it. A re-run reuses every finished stage."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import time
 from pathlib import Path
-
-from flows.patch_training import patch_pipeline
-from flows.prepare_data import prepare_data
-from patchrec.config import DataConfig, EvalConfig, ModelConfig, TrainConfig
-from patchrec.data.download import ensure_ml100k
-
-# The demo budget (samples per stage, test targets ranked); the method's settings are in TrainConfig.
-DEMO_PPT = TrainConfig(stage="ppt", layout="mixed", textual_copy=False, max_history=50, max_samples=32, lr=5e-4)
-DEMO_PFT = TrainConfig(stage="pft", layout="session", group=20, max_history=50, max_samples=96, lr=5e-4)
-DEMO_EVAL = EvalConfig(split="test", max_samples=40)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--state", type=Path, required=True, help="folder for data, models and runs")
+    parser.add_argument("--state", type=Path, required=True, help="folder for data, models, runs, MLflow and Prefect")
     parser.add_argument("--ml100k", type=Path, help="local ml-100k folder (downloaded when missing)")
-    parser.add_argument("--base", default="smollm2", help="base model: smollm2, tiny, or a local folder")
+    parser.add_argument("--profile", default="demo", help="pipeline profile (tiny, demo, ml-100k, ml-1m)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()
-    raw = ensure_ml100k(args.ml100k, args.state / "raw")
-    cfg = DataConfig(format="movielens-100k", raw=raw, out=args.state / "data" / "ml-100k", min_rating=4.0)
-    s = prepare_data(cfg)
-    print(f"\nprepare-data on {raw} -> {cfg.out}")
-    print(f"  rows read {s['rows_read']:,} = accepted {s['rows_accepted']:,} + quarantined {s['rows_quarantined']:,}"
-          f" + deduplicated {s['rows_deduplicated']:,} + filtered {s['rows_filtered']:,}")
-    for table in ("users", "items", "interactions"):
-        print(f"  {table:<13}{s[table]:>9,}")
-    print(f"  samples ({s['protocol']}): " + ", ".join(f"{k} {v:,}" for k, v in s["samples"].items()))
-    mcfg = ModelConfig(base=args.base, cache_dir=args.state / "models")
-    runs = args.state / "runs" / "ml-100k"
-    res = patch_pipeline(cfg.out, runs, DEMO_PPT, DEMO_PFT, DEMO_EVAL, mcfg)
-    m = res["metrics"]
-    print(f"\nPPT -> PFT-S(G={DEMO_PFT.group}) on {args.base}: {res['samples']} {res['split']} targets, "
-          f"{res['users_per_s']:.2f} users/s (runs in {runs})")
-    for k in (5, 10, 20):
-        print(f"  HR@{k} {m[f'hr_{k}']:.4f}   NDCG@{k} {m[f'ndcg_{k}']:.4f}")
-    print("  (a demo budget of 32 + 96 training samples: expect numbers near zero; see docs for real runs)")
+
+    from patchrec.services import Services
+
+    svc = Services(args.state)
+    if svc.healthy():  # `make up` is running: record the demo there instead of in a temporary server
+        os.environ["PREFECT_API_URL"] = svc.api
+    from flows.pipeline import full_pipeline
+    from patchrec.cli import parse_overrides
+    from patchrec.data.download import ensure_ml100k
+
+    overrides = parse_overrides(args.set)
+    if args.profile in ("demo", "ml-100k"):
+        overrides.setdefault("data.raw", str(ensure_ml100k(args.ml100k, args.state / "raw")))
+    t0 = time.perf_counter()
+    res = full_pipeline(args.profile, overrides, str(args.state))
+    minutes = (time.perf_counter() - t0) / 60
+    m, reg = res["metrics"], res["registry"]
+    reused = [k for k, v in res["reused"].items() if v]
+    print(f"\nfull-pipeline ({args.profile}) in {minutes:.1f} min; reused: {', '.join(reused) or 'nothing'}")
+    print(f"  {'':<6}" + "".join(f"{f'HR@{k}':>9}{f'NDCG@{k}':>10}" for k in (5, 10, 20)))
+    for split in ("val", "test"):
+        print(f"  {split:<6}" + "".join(f"{m[f'{split}_hr_{k}']:>9.4f}{m[f'{split}_ndcg_{k}']:>10.4f}"
+                                         for k in (5, 10, 20)))
+    print(f"  registry: {reg['name']} v{reg['version']}: {reg['reason']}")
+    state = args.state
+    example = _example(res["run_dir"])
+    print("\nquery the champion:")
+    print(f"  .venv/bin/patchrec recommend --state {state} --model models:/{reg['name']}@champion --history {example}")
+    print(f"  make serve   # mlflow models serve on http://127.0.0.1:5001, then:")
+    print(f"  .venv/bin/patchrec recommend --url http://127.0.0.1:5001 --history {example}")
+    print("look: make mlflow-ui (http://127.0.0.1:5000), make up (Prefect UI on http://127.0.0.1:4200)")
+
+
+def _example(run_dir: str) -> str:
+    """Item keys of one validation history (the last 5), to paste into `patchrec recommend`."""
+    from patchrec.lifecycle import example_history
+
+    data_dir = Path(json.loads((Path(run_dir) / "config.json").read_text())["data_dir"])
+    return ",".join(example_history(data_dir))
 
 
 if __name__ == "__main__":

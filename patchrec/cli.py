@@ -88,7 +88,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overrides(pairs: list[str]) -> dict[str, Any]:
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """`key=value` pairs; values are parsed as JSON when they can be (numbers, null, lists), else strings."""
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -105,7 +105,7 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from patchrec.pipeline import load_pipeline
 
-    overrides = _overrides(args.set)
+    overrides = parse_overrides(args.set)
     load_pipeline(args.profile, overrides, args.state)  # fail on a bad key before Prefect starts
     if args.flow == "nightly":
         from flows.pipeline import nightly_retrain as run
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pydantic import ValidationError
 
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing")  # peft calling a renamed HF API
 
     from patchrec.data.formats import SourceError
     from patchrec.data.ingest import IngestError

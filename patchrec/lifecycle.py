@@ -152,7 +152,7 @@ def register(cfg: PipelineConfig, data: Record, cat: Record, run: Record, val: R
         if f"val_{cfg.registry.metric}" not in tags:
             raise ValueError(f"registry.metric {cfg.registry.metric!r} is not a validation metric; choose one of "
                              f"{sorted(val['metrics'])}")
-        version = registry.log_model(bundle, name, _example_history(Path(data["dir"])), tags)
+        version = registry.log_model(bundle, name, example_history(Path(data["dir"])), tags)
         decision = registry.promote_if_better(name, version, cfg.registry.metric, cfg.registry.margin)
         mlflow.set_tags({"registered_version": str(version), "promoted": str(decision["promoted"]),
                          "promotion": decision["reason"]})
@@ -168,7 +168,7 @@ def _bundle(cfg: PipelineConfig, data: Record, cat: Record, run: Record, fp: str
                         length_penalty=cfg.test.length_penalty)
 
 
-def _example_history(data_dir: Path, n: int = 5) -> list[str]:
+def example_history(data_dir: Path, n: int = 5) -> list[str]:
     store = SequenceStore(data_dir)
     hist, _ = store.sample(int(store.indices("val")[0]))
     keys = pd.read_parquet(data_dir / "items.parquet", columns=["item_idx", "item_key"]).sort_values("item_idx")

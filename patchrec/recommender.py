@@ -28,7 +28,10 @@ class RecommendError(ValueError):
 
 
 def default_model_cache() -> Path:
-    return Path(os.environ.get("PATCHREC_MODEL_CACHE") or Path.home() / ".cache" / "patchrec" / "models")
+    """Where a referenced base model is rebuilt: $PATCHREC_MODEL_CACHE, else <state folder>/models."""
+    from patchrec.pipeline import state_path
+
+    return Path(os.environ.get("PATCHREC_MODEL_CACHE") or state_path() / "models")
 
 
 def write_bundle(run_dir: Path, data_dir: Path, catalog_dir: Path, out_dir: Path, max_history: int,

@@ -33,7 +33,7 @@ class PatchRecModel(mlflow.pyfunc.PythonModel):
 
         self.rec = Recommender(Path(context.artifacts["bundle"]))
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from patchrec.recommender import RecommendError
 
         params = params or {}

@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+for _var in ("PATCHREC_STATE", "PATCHREC_MODEL_CACHE", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL"):
+    os.environ.pop(_var, None)  # tests write only under their temporary folders, never to .state or a live server
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
