@@ -144,14 +144,11 @@ def register(cfg: PipelineConfig, data: Record, cat: Record, run: Record, val: R
             mlflow.set_tag("patchrec.reused", "True")
             return {"stage": "register", "name": name, "version": existing, "registered": False,
                     "promoted": False, "reason": f"already registered as v{existing}", "fingerprint": fp}
-        bundle = _bundle(cfg, data, cat, run, fp)
         tags = {"patchrec.fingerprint": fp, "patchrec.profile": cfg.profile, "patchrec.dataset": cfg.dataset,
                 "patchrec.run_dir": run["dir"], "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         tags.update({f"val_{k}": f"{v:.6f}" for k, v in val["metrics"].items()})
         tags.update({f"test_{k}": f"{v:.6f}" for k, v in test["metrics"].items()})
-        if f"val_{cfg.registry.metric}" not in tags:
-            raise ValueError(f"registry.metric {cfg.registry.metric!r} is not a validation metric; choose one of "
-                             f"{sorted(val['metrics'])}")
+        bundle = _bundle(cfg, data, cat, run, fp)
         version = registry.log_model(bundle, name, example_history(Path(data["dir"])), tags)
         decision = registry.promote_if_better(name, version, cfg.registry.metric, cfg.registry.margin)
         mlflow.set_tags({"registered_version": str(version), "promoted": str(decision["promoted"]),

@@ -31,7 +31,8 @@ class RegistryConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str | None = Field(None, description="registered model name; default patchrec-<dataset>")
-    metric: str = Field("ndcg_10", description="validation metric compared for promotion (higher is better)")
+    metric: str = Field("ndcg_10", pattern=r"^((user_)?(hr|ndcg)_(1|5|10|20)|paper_lenient_hr_(5|10|20))$",
+                        description="validation metric compared for promotion (higher is better), e.g. ndcg_10")
     margin: float = Field(0.0, description="promote when challenger >= champion + margin")
     max_history: int = Field(200, ge=1, description="longest history the served model accepts")
 

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from patchrec.pipeline import PROJECT_ROOT
+from patchrec.tracking import USER_ENV
 
 __all__ = ["Services", "POOL"]
 
@@ -39,6 +40,11 @@ class Services:
                     "PATCHREC_MODEL_CACHE": env.get("PATCHREC_MODEL_CACHE", str(self.state / "models")),
                     "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false"})
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        for key, value in USER_ENV.items():  # the user's MLflow server if any, never one this process set
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         return env
 
     def _prefect(self, *args: str, timeout: float = 300) -> str:

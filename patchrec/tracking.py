@@ -15,18 +15,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["tracking_uri", "experiment_id", "stage_run", "start_pipeline_run", "end_pipeline_run",
+__all__ = ["USER_ENV", "tracking_uri", "experiment_id", "stage_run", "start_pipeline_run", "end_pipeline_run",
            "log_training", "log_eval", "plot_training", "plot_history_buckets", "plot_prompt_tokens"]
 
 
+# The user's MLflow settings, read before anything in this process sets them: `mlflow.set_tracking_uri`
+# also writes MLFLOW_TRACKING_URI into os.environ, which must not pin later state folders to the first one.
+USER_ENV: dict[str, str | None] = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+
 def tracking_uri(state_dir: Path) -> str:
-    """Set and return the tracking (and registry) URI: the environment's, else SQLite in `state_dir`."""
+    """Set and return the tracking (and registry) URI: the user's environment's, else SQLite in `state_dir`."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(state_dir).resolve() / 'mlflow.db'}"
+    uri = USER_ENV["MLFLOW_TRACKING_URI"] or f"sqlite:///{Path(state_dir).resolve() / 'mlflow.db'}"
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    mlflow.set_registry_uri(USER_ENV["MLFLOW_REGISTRY_URI"] or uri)
     return uri
 
 

@@ -23,6 +23,8 @@ def test_overrides_apply_and_typos_fail(tmp_path):
         load_pipeline("tiny", {"pft.lrr": 1}, tmp_path)
     with pytest.raises(ValueError, match="unknown profile 'nope'"):
         load_pipeline("nope")
+    with pytest.raises(ValueError, match=r"registry\.metric"):
+        load_pipeline("tiny", {"registry.metric": "ndcg@10"}, tmp_path)
     with pytest.raises(ValueError, match="layout"):
         load_pipeline("tiny", {"pft.layout": "mixed"}, tmp_path)
 

@@ -103,3 +103,23 @@ def test_pyfunc_model_recommends_and_rejects_bad_input(tiny_state):
                              (["m01"] * 51, "more than this model accepts")):
         with pytest.raises(MlflowException, match=message):
             model.predict(pd.DataFrame({"history": [history]}))
+
+
+def test_failed_stage_keeps_earlier_outputs(tiny_state, monkeypatch):
+    from flows.pipeline import full_pipeline
+    from patchrec import registry
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full while logging the model")
+
+    state, first = tiny_state
+    monkeypatch.setattr(registry, "log_model", broken)
+    with pytest.raises(OSError, match="disk full"):
+        full_pipeline("tiny", {"registry.margin": 0.25}, state_dir=str(state))  # a new register fingerprint
+    monkeypatch.undo()
+    client = _client(state)
+    exp = client.get_experiment_by_name("patchrec-tiny").experiment_id
+    failed = client.search_runs([exp], filter_string="attributes.status = 'FAILED'")
+    assert sorted(r.info.run_name for r in failed) == ["full-pipeline (tiny)", "register"]
+    again = full_pipeline("tiny", state_dir=str(state))
+    assert all(again["reused"].values()) and again["run_dir"] == first["run_dir"]
