@@ -1,5 +1,5 @@
-"""Flows of the model lifecycle. `full-pipeline`: prepare data -> catalog patch table -> PPT -> PFT ->
-evaluate (val, test) -> register. `nightly-retrain`: incremental ingestion; when there is new data,
+"""Flows of the model lifecycle. `full-pipeline`: prepare data -> [baselines] -> catalog patch table -> PPT
+-> PFT -> evaluate (val, test) -> register. `nightly-retrain`: incremental ingestion; when there is new data,
 fine-tune from the champion, evaluate on the newest data, register with guarded promotion.
 
 Every stage is a subflow that also runs alone, given its upstream records (paths + fingerprints).
@@ -16,7 +16,7 @@ from flows.prepare_data import prepare_data
 from patchrec.pipeline import PipelineConfig
 from tasks import lifecycle as t
 
-__all__ = ["patchrec", "catalog", "patch_pretrain", "patch_finetune", "evaluate", "register", "full_pipeline",
+__all__ = ["patchrec", "baselines", "catalog", "patch_pretrain", "patch_finetune", "evaluate", "register", "full_pipeline",
            "nightly_retrain"]
 
 Profile = Literal["tiny", "demo", "ml-100k", "ml-1m"]
@@ -48,6 +48,12 @@ def evaluate(cfg: PipelineConfig, data: Record, cat: Record, run: Record, parent
     val = t.evaluate(cfg, "val", data, cat, run, parent_run)
     test = t.evaluate(cfg, "test", data, cat, run, parent_run)
     return {"val": val, "test": test}
+
+
+@flow(name="baselines")
+def baselines(cfg: PipelineConfig, data: Record, parent_run: str | None = None) -> dict[str, Record]:
+    """The ID-based baselines of `cfg.baselines` (popularity, SASRec) on the same split and test sample."""
+    return {kind: t.baseline(cfg, kind, data, parent_run) for kind in cfg.baselines}
 
 
 @flow(name="register")
@@ -88,7 +94,9 @@ def full_pipeline(profile: Profile = "demo", overrides: dict[str, Any] | None = 
     parent = t.open_run(cfg, "full-pipeline")
     try:
         data = t.record_data(cfg, prepare_data(cfg.data), parent)
+        base = baselines(cfg, data, parent) if cfg.baselines else {}
         result = _train_and_register(cfg, data, parent, None)
+        result["metrics"].update({f"{kind}_test_{k}": v for kind, r in base.items() for k, v in r["metrics"].items()})
     except BaseException:
         t.close_run(cfg, parent, False)
         raise

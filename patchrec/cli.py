@@ -116,6 +116,22 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from patchrec.baselines import evaluate_baseline
+    from patchrec.config import SASRecConfig
+
+    sasrec = SASRecConfig(max_epochs=args.max_epochs, seed=args.seed)
+    res = evaluate_baseline(args.kind, args.data, args.out, split=args.split, max_samples=args.max_samples,
+                            sasrec=sasrec, seed=args.seed, progress=not args.json)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        m = res["metrics"]
+        print(f"{args.kind} on {res['samples']} {res['split']} samples: "
+              + "  ".join(f"HR@{k} {m[f'hr_{k}']:.4f} NDCG@{k} {m[f'ndcg_{k}']:.4f}" for k in (10, 20)))
+    return 0
+
+
 def _use_registry(state: Path | None) -> None:
     from patchrec import tracking
     from patchrec.pipeline import state_path
@@ -264,6 +280,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--top-k", type=int, default=20)
     ev.add_argument("--json", action="store_true", help="print eval.json")
     ev.set_defaults(func=_cmd_evaluate)
+
+    bl = top.add_parser("baseline", help="train/evaluate an ID-based baseline (popularity, sasrec) on a prepared folder")
+    bl.add_argument("--kind", required=True, choices=["popularity", "sasrec"])
+    bl.add_argument("--data", required=True, type=Path, help="a prepared data folder")
+    bl.add_argument("--out", required=True, type=Path, help="folder for eval.json and ranks.parquet")
+    bl.add_argument("--split", default="test", choices=["val", "test"])
+    bl.add_argument("--max-samples", type=int, help="deterministic sample of targets (default: all)")
+    bl.add_argument("--max-epochs", type=int, default=200, help="SASRec: epochs at most (early stopping on val)")
+    bl.add_argument("--seed", type=int, default=0)
+    bl.add_argument("--json", action="store_true", help="print eval.json")
+    bl.set_defaults(func=_cmd_baseline)
 
     state_help = "state folder (default $PATCHREC_STATE or <project>/.state); its mlflow.db unless MLFLOW_TRACKING_URI"
     pl = top.add_parser("pipeline", help="run the full pipeline or the nightly retraining locally (Prefect flow)")

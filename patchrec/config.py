@@ -17,6 +17,10 @@ __all__ = [
     "GenericSource",
     "DataConfig",
     "load_source",
+    "TrainConfig",
+    "ModelConfig",
+    "EvalConfig",
+    "SASRecConfig",
 ]
 
 Format = Literal[
@@ -169,4 +173,22 @@ class EvalConfig(_Frozen):
     top_k: int = Field(20, ge=1)
     length_penalty: float = 1.0
     bf16: bool | Literal["auto"] = "auto"
+    seed: int = 0
+
+
+class SASRecConfig(_Frozen):
+    """SASRec baseline: causal self-attention over item ids, full-softmax CE, early stopping on val NDCG@10."""
+
+    hidden: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    max_len: int = Field(100, ge=2)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = 0.0
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(10, ge=1, description="stop after this many evaluations without a better val NDCG@10")
+    eval_every: int = Field(1, ge=1)
+    val_samples: int | None = Field(2000, ge=1, description="validation samples used for early stopping")
     seed: int = 0

@@ -20,7 +20,8 @@ from patchrec.data.sequences import SequenceStore
 from patchrec.io import read_json
 from patchrec.pipeline import PipelineConfig, _flatten, data_fingerprint, fingerprint, model_identity
 
-__all__ = ["open_run", "close_run", "record_data", "catalog", "train", "evaluate", "register", "nightly_plan"]
+__all__ = ["open_run", "close_run", "record_data", "catalog", "train", "evaluate", "baseline", "register",
+           "nightly_plan", "example_history"]
 
 Record = dict[str, Any]
 
@@ -130,6 +131,27 @@ def evaluate(cfg: PipelineConfig, split: str, data: Record, cat: Record, run: Re
             mlflow.log_artifact(str(tracking.plot_history_buckets(res, tmp / f"hr_by_history_{split}.png")), "plots")
     return {"stage": f"eval-{split}", "dir": str(out), "fingerprint": fp, "reused": reused,
             "metrics": res["metrics"], "samples": res["samples"], "users_per_s": res["users_per_s"]}
+
+
+def baseline(cfg: PipelineConfig, kind: str, data: Record, parent: str | None = None) -> Record:
+    """Popularity or SASRec on the same data and test sample; test metrics logged as `test_<metric>`."""
+    from patchrec.baselines import evaluate_baseline
+
+    settings = cfg.sasrec.model_dump(mode="json") if kind == "sasrec" else {}
+    fp = fingerprint("baseline", kind, data["fingerprint"], settings, cfg.test.max_samples, cfg.test.seed)
+    out = cfg.runs_dir / f"baseline-{kind}-{fp}"
+    reused = (out / "eval.json").is_file()
+    res = evaluate_baseline(kind, Path(data["dir"]), out, split="test", max_samples=cfg.test.max_samples,
+                            sasrec=cfg.sasrec, seed=cfg.test.seed)
+    with tracking.stage_run(cfg.state_dir, _experiment(cfg), f"baseline-{kind}", parent,
+                            tags={"patchrec.fingerprint": fp, "patchrec.reused": str(reused)}) as run:
+        mlflow.log_params({f"sasrec.{k}": v for k, v in settings.items()})
+        tracking.log_eval(res, "test")
+        if res["train"]:
+            tracking.log_epochs(run.info.run_id, res["train"]["log"])
+        mlflow.log_dict(res, "eval.json")
+    return {"stage": f"baseline-{kind}", "dir": str(out), "fingerprint": fp, "reused": reused,
+            "metrics": res["metrics"]}
 
 
 def register(cfg: PipelineConfig, data: Record, cat: Record, run: Record, val: Record, test: Record,

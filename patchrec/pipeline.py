@@ -12,11 +12,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from patchrec.config import DataConfig, EvalConfig, ModelConfig, TrainConfig, load_source
+from patchrec.config import DataConfig, EvalConfig, ModelConfig, SASRecConfig, TrainConfig, load_source
 from patchrec.io import file_digest
 from patchrec.prompts import PromptConfig
 
@@ -31,7 +31,7 @@ class RegistryConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str | None = Field(None, description="registered model name; default patchrec-<dataset>")
-    metric: str = Field("ndcg_10", pattern=r"^((user_)?(hr|ndcg)_(1|5|10|20)|paper_lenient_hr_(5|10|20))$",
+    metric: str = Field("ndcg_10", pattern=r"^((masked_)?(user_)?(hr|ndcg)_(1|5|10|20)|paper_lenient_hr_(5|10|20))$",
                         description="validation metric compared for promotion (higher is better), e.g. ndcg_10")
     margin: float = Field(0.0, description="promote when challenger >= champion + margin")
     max_history: int = Field(200, ge=1, description="longest history the served model accepts")
@@ -52,6 +52,9 @@ class PipelineConfig(BaseModel):
     val: EvalConfig
     test: EvalConfig
     registry: RegistryConfig = RegistryConfig()
+    baselines: tuple[Literal["popularity", "sasrec"], ...] = Field(
+        (), description="ID-based baselines trained and evaluated on the same split (test sample as `test`)")
+    sasrec: SASRecConfig = SASRecConfig()
     warm_start: bool = Field(True, description="nightly: fine-tune from the champion instead of from scratch")
 
     @model_validator(mode="after")
@@ -94,6 +97,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "val": {"split": "val", "max_samples": 12, "num_beams": 10, "top_k": 10},
         "test": {"split": "test", "max_samples": 12, "num_beams": 10, "top_k": 10},
         "registry": {"max_history": 50},
+        "baselines": ["popularity", "sasrec"],
+        "sasrec": {"hidden": 16, "layers": 1, "heads": 1, "max_len": 20, "max_epochs": 3, "batch_size": 16},
     },
     # `make demo`: MovieLens-100k on SmolLM2-135M-Instruct, a budget that fits 15 minutes on 2 CPU cores.
     "demo": {
@@ -115,6 +120,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pft": {"stage": "pft", "layout": "session", "group": 5, "max_history": 100},
         "val": {"split": "val", "max_samples": 200},
         "test": {"split": "test", "max_samples": None},
+        "baselines": ["popularity", "sasrec"],
     },
     # The paper's MovieLens-1M split (needs a GPU).
     "ml-1m": {
@@ -125,6 +131,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pft": {"stage": "pft", "layout": "session", "group": 5, "max_history": 100, "batch_size": 32},
         "val": {"split": "val", "max_samples": 500},
         "test": {"split": "test", "max_samples": None},
+        "baselines": ["popularity", "sasrec"],
     },
 }
 

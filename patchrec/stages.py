@@ -18,7 +18,7 @@ import torch
 from patchrec.config import EvalConfig, ModelConfig, TrainConfig
 from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.beam import Ranking, rank_one
-from patchrec.evaluation.metrics import first_ranks, lenient_paper_ranks, summarize_ranks
+from patchrec.evaluation.metrics import first_ranks, lenient_paper_ranks, masked_ranks, summarize_ranks
 from patchrec.evaluation.trie import TitleTrie
 from patchrec.hardware import device, use_bf16
 from patchrec.io import atomic_path, file_digest, read_json, write_json
@@ -143,7 +143,7 @@ def evaluate(data_dir: Path, run_dir: Path | None, out_dir: Path, ecfg: EvalConf
     idx = store.indices(ecfg.split)
     if ecfg.max_samples and len(idx) > ecfg.max_samples:
         idx = np.sort(np.random.default_rng(ecfg.seed).choice(idx, ecfg.max_samples, replace=False))
-    ranked, targets, hist_len, users = [], [], [], []
+    ranked, targets, hist_len, users, hists = [], [], [], [], []
     iterator = idx
     if progress:
         from tqdm.auto import tqdm
@@ -154,6 +154,7 @@ def evaluate(data_dir: Path, run_dir: Path | None, out_dir: Path, ecfg: EvalConf
         hist, target = store.sample(int(i))
         r = ranker.rank(hist, ecfg.num_beams, ecfg.top_k, ecfg.length_penalty, ecfg.bf16)
         ranked.append(r.items)
+        hists.append(hist)
         targets.append(target)
         hist_len.append(len(hist))
         users.append(int(store.sample_user[i]))
@@ -162,6 +163,8 @@ def evaluate(data_dir: Path, run_dir: Path | None, out_dir: Path, ecfg: EvalConf
     titles = ranker.setup.titles.title.tolist()
     lenient = lenient_paper_ranks([[titles[j] for j in lst] for lst in ranked], [titles[t] for t in targets])
     metrics = summarize_ranks(ranks, np.asarray(users))
+    masked = masked_ranks(ranked, hists, targets, ecfg.top_k)
+    metrics.update({f"masked_{k}": v for k, v in summarize_ranks(masked, np.asarray(users)).items()})
     metrics.update({f"paper_lenient_hr_{k}": float(np.mean((lenient >= 0) & (lenient < k))) for k in (5, 10, 20)})
     by_len: dict[str, dict[str, float]] = {}
     buckets = np.array([_bucket(n) for n in hist_len])

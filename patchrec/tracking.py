@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["USER_ENV", "tracking_uri", "experiment_id", "stage_run", "start_pipeline_run", "end_pipeline_run",
-           "log_training", "log_eval", "plot_training", "plot_history_buckets", "plot_prompt_tokens"]
+           "log_training", "log_epochs", "log_eval", "plot_training", "plot_history_buckets", "plot_prompt_tokens"]
 
 
 # The user's MLflow settings, read before anything in this process sets them: `mlflow.set_tracking_uri`
@@ -107,6 +107,17 @@ def log_training(run_id: str, meta: dict[str, Any], prefix: str = "") -> None:
     client = MlflowClient()
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+
+def log_epochs(run_id: str, log: list[dict[str, float]]) -> None:
+    """Per-epoch values of a baseline's training log (`loss`, `val_ndcg_10`), step = epoch."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, int(e["epoch"])) for e in log for k, v in e.items() if k != "epoch"]
+    for i in range(0, len(metrics), 1000):
+        MlflowClient().log_batch(run_id, metrics=metrics[i : i + 1000])
 
 
 def log_eval(result: dict[str, Any], prefix: str) -> None:

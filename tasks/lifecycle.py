@@ -14,7 +14,7 @@ from patchrec import lifecycle
 from patchrec.pipeline import PipelineConfig, load_pipeline
 
 __all__ = ["resolve_config", "open_run", "close_run", "record_data", "build_catalog", "train", "evaluate",
-           "register", "nightly_plan"]
+           "baseline", "register", "nightly_plan"]
 
 Record = dict[str, Any]
 
@@ -54,6 +54,11 @@ def train(cfg: PipelineConfig, which: str, data: Record, cat: Record, init: Reco
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(cfg: PipelineConfig, split: str, data: Record, cat: Record, run: Record, parent: str | None) -> Record:
     return lifecycle.evaluate(cfg, split, data, cat, run, parent)
+
+
+@task(name="baseline", cache_policy=NO_CACHE)
+def baseline(cfg: PipelineConfig, kind: str, data: Record, parent: str | None) -> Record:
+    return lifecycle.baseline(cfg, kind, data, parent)
 
 
 @task(name="register", cache_policy=NO_CACHE)

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["KS", "first_ranks", "hit_rate_at_k", "ndcg_at_k", "summarize_ranks", "lenient_paper_ranks"]
+__all__ = ["KS", "first_ranks", "masked_ranks", "hit_rate_at_k", "ndcg_at_k", "summarize_ranks", "bootstrap_ci",
+           "lenient_paper_ranks"]
 
 KS = (1, 5, 10, 20)
 
@@ -23,6 +24,19 @@ def first_ranks(ranked: Sequence[Sequence[int]], targets: Sequence[int]) -> np.n
         if hits.size:
             out[i] = hits[0]
     return out
+
+
+def masked_ranks(ranked: Sequence[Sequence[int]], histories: Sequence[Sequence[int]], targets: Sequence[int],
+                 k: int = 20) -> np.ndarray:
+    """First ranks after removing the items already in each history from its list (then keeping k).
+
+    A list of exactly k items (beam search) can come out shorter: masking never adds items it did not rank.
+    """
+    kept = []
+    for lst, hist in zip(ranked, histories):
+        seen = set(np.asarray(hist).tolist())
+        kept.append([i for i in lst if i not in seen][:k])
+    return first_ranks(kept, targets)
 
 
 def hit_rate_at_k(ranks: np.ndarray, k: int) -> float:
@@ -55,6 +69,21 @@ def summarize_ranks(ranks: np.ndarray, users: np.ndarray | None = None, ks: Sequ
             out[f"user_hr_{k}"] = float((np.bincount(inv, hit) / counts).mean())
             out[f"user_ndcg_{k}"] = float((np.bincount(inv, gain) / counts).mean())
     return out
+
+
+def bootstrap_ci(ranks: np.ndarray, users: np.ndarray, k: int, metric: str = "ndcg", n: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """User-bootstrap interval of the sample-averaged HR@k / NDCG@k: users are drawn with replacement
+    (all of a drawn user's samples count), `n` times; returns the (lower, upper) quantiles."""
+    ranks, users = np.asarray(ranks), np.asarray(users)
+    hit = (ranks >= 0) & (ranks < k)
+    value = np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0) if metric == "ndcg" else hit.astype(float)
+    _, inv = np.unique(users, return_inverse=True)
+    sums, counts = np.bincount(inv, value), np.bincount(inv).astype(float)
+    draws = np.random.default_rng(seed).integers(0, len(sums), size=(n, len(sums)))
+    stats = sums[draws].sum(1) / counts[draws].sum(1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
 
 def lenient_paper_ranks(generated_titles: Sequence[Sequence[str]], target_titles: Sequence[str]) -> np.ndarray:

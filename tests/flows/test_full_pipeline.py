@@ -37,7 +37,10 @@ def test_mlflow_parent_and_nested_stage_runs(tiny_state):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_name = {r.info.run_name: r for r in children}
-    assert set(by_name) == {"prepare-data", "catalog", "ppt", "pft", "evaluate-val", "evaluate-test", "register"}
+    assert set(by_name) == {"prepare-data", "baseline-popularity", "baseline-sasrec", "catalog", "ppt", "pft",
+                            "evaluate-val", "evaluate-test", "register"}
+    assert [m.step for m in client.get_metric_history(by_name["baseline-sasrec"].info.run_id, "loss")] == [1, 2, 3]
+    assert "popularity_test_hr_10" in res["metrics"] and "sasrec_test_masked_ndcg_20" in res["metrics"]
     pft = by_name["pft"]
     steps = int(pft.data.metrics["steps"])
     for key in ("loss", "lr", "samples_per_s"):
