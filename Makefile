@@ -45,9 +45,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	mkdir -p "$(STATE)/prefect"  # Prefect does not create a nested PREFECT_HOME itself
 	$(PY) -m flows.demo --state "$(STATE)" --ml100k "$(ML100K_DIR)"
 
 up: $(STAMP)
+	mkdir -p "$(STATE)/prefect"
 	$(PY) -m patchrec.cli services up
 
 down: $(STAMP)

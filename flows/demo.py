@@ -18,6 +18,7 @@ def main() -> None:
     parser.add_argument("--profile", default="demo", help="pipeline profile (tiny, demo, ml-100k, ml-1m)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()
+    (args.state / "prefect").mkdir(parents=True, exist_ok=True)  # PREFECT_HOME (Makefile); Prefect needs it to exist
 
     from patchrec.services import Services
 

@@ -143,7 +143,7 @@ def evaluate(data_dir: Path, run_dir: Path | None, out_dir: Path, ecfg: EvalConf
     idx = store.indices(ecfg.split)
     if ecfg.max_samples and len(idx) > ecfg.max_samples:
         idx = np.sort(np.random.default_rng(ecfg.seed).choice(idx, ecfg.max_samples, replace=False))
-    ranked, targets, hist_len, users, hists = [], [], [], [], []
+    ranked, targets, hist_len, users, hists, tokens = [], [], [], [], [], []
     iterator = idx
     if progress:
         from tqdm.auto import tqdm
@@ -154,6 +154,7 @@ def evaluate(data_dir: Path, run_dir: Path | None, out_dir: Path, ecfg: EvalConf
         hist, target = store.sample(int(i))
         r = ranker.rank(hist, ecfg.num_beams, ecfg.top_k, ecfg.length_penalty, ecfg.bf16)
         ranked.append(r.items)
+        tokens.append(r.prompt_tokens)
         hists.append(hist)
         targets.append(target)
         hist_len.append(len(hist))
@@ -172,7 +173,8 @@ def evaluate(data_dir: Path, run_dir: Path | None, out_dir: Path, ecfg: EvalConf
         m = buckets == b
         by_len[b] = {"n": int(m.sum()), **summarize_ranks(ranks[m], ks=(10, 20))}
     result = {"split": ecfg.split, "samples": len(idx), "layout": ranker.layout,
-              "users_per_s": len(idx) / seconds if seconds else 0.0, "metrics": metrics, "by_history_length": by_len,
+              "users_per_s": len(idx) / seconds if seconds else 0.0,
+              "prompt_tokens_mean": float(np.mean(tokens)) if tokens else 0.0, "metrics": metrics, "by_history_length": by_len,
               "run_dir": str(run_dir) if run_dir else None}
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "ranks.parquet") as tmp:

@@ -21,6 +21,7 @@ __all__ = ["Ranking", "rank_one"]
 class Ranking:
     items: list[int]  # catalog item indices, best first
     scores: list[float]
+    prompt_tokens: int = 0  # positions of the prefilled prompt
 
 
 @torch.no_grad()
@@ -59,4 +60,4 @@ def rank_one(model, prompt_embeds: Tensor, trie: TitleTrie, num_beams: int = 20,
             item_scores.append(s)
         if len(items) >= top_k:
             break
-    return Ranking(items[:top_k], item_scores[:top_k])
+    return Ranking(items[:top_k], item_scores[:top_k], int(prompt_embeds.shape[1]))

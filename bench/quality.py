@@ -1,0 +1,159 @@
+"""Recommendation quality on the paper's protocol: LLM variants under one stated training budget, and the
+ID-based baselines, on the same split and metric code. Prints JSON; writes bench/results/quality-<profile>.json
+and a markdown report with plots (docs/quality.md, docs/quality/*.png).
+
+    python -m bench.quality --profile ml-100k            # `make quality`; ~1 h on 2 CPU cores
+    python -m bench.quality --profile ml-1m --budget 8192 --test-samples 0   # on a GPU
+
+Budget: every LLM variant gets the same number of training samples; PPT -> PFT variants spend half on PPT
+and half on PFT (the PPT run is shared by the variants that start from it, but its cost counts for each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from patchrec.config import DataConfig, EvalConfig, ModelConfig, SASRecConfig, TrainConfig
+from patchrec.data.prepare import prepare_data
+from patchrec.evaluation.metrics import bootstrap_ci, summarize_ranks
+from patchrec.io import read_json, write_json
+from patchrec.pipeline import PROJECT_ROOT, fingerprint
+from patchrec.prompts import PromptConfig
+
+PROFILES = {
+    "ml-100k": {"raw": "../shared/data/patchrec-paper/ml-100k", "budget": 96, "test_samples": 64},
+    "ml-1m": {"raw": "../shared/data/patchrec-paper/ml-1m", "budget": 8192, "test_samples": 0},
+}
+REFERENCE = {"ml-1m": {"sasrec": {"hr_20": 0.148, "ndcg_20": 0.056}, "popularity": {"hr_20": 0.038, "ndcg_20": 0.014}},
+             "ml-100k": {"sasrec": {"hr_20": 0.14}}}
+
+
+def variants(budget: int, lr: float) -> dict[str, dict[str, Any]]:
+    """name -> {"ppt": TrainConfig | None, "pft": TrainConfig}; the main table, then the ablations."""
+    half = max(1, budget // 2)
+    ppt = TrainConfig(stage="ppt", layout="mixed", max_history=100, max_samples=half, lr=lr)
+    pft_s = dict(stage="pft", layout="session", max_history=100)
+    return {
+        "SFT-20": {"ppt": None, "pft": TrainConfig(stage="sft", layout="text", max_history=20, max_samples=budget, lr=lr)},
+        "SFT-100": {"ppt": None, "pft": TrainConfig(stage="sft", layout="text", max_history=100, max_samples=budget,
+                                                    lr=lr)},
+        "PPT -> PFT-I(5)": {"ppt": ppt, "pft": TrainConfig(stage="pft", layout="item", k=5, max_history=100,
+                                                           max_samples=half, lr=lr)},
+        "PPT -> PFT-S(5)": {"ppt": ppt, "pft": TrainConfig(**pft_s, group=5, max_samples=half, lr=lr)},
+        "PFT-S(5), no PPT": {"ppt": None, "pft": TrainConfig(**pft_s, group=5, max_samples=budget, lr=lr)},
+        "PPT -> PFT-S(20)": {"ppt": ppt, "pft": TrainConfig(**pft_s, group=20, max_samples=half, lr=lr)},
+        "PPT -> PFT-S(5), full FT": {"ppt": ppt.model_copy(update={"finetune": "full", "lr": lr / 10}),
+                                     "pft": TrainConfig(**pft_s, group=5, max_samples=half, finetune="full",
+                                                        lr=lr / 10)},
+    }
+
+
+def _ci(ranks: np.ndarray, users: np.ndarray) -> dict[str, list[float]]:
+    return {f"{m}_{k}": list(bootstrap_ci(ranks, users, k, m)) for m in ("hr", "ndcg") for k in (10, 20)}
+
+
+def _summary(eval_dir: Path, subset: np.ndarray | None = None) -> dict[str, Any]:
+    res = read_json(eval_dir / "eval.json")
+    ranks = pd.read_parquet(eval_dir / "ranks.parquet")
+    if subset is not None:
+        ranks = ranks[ranks["sample"].isin(subset)]
+    r, u = ranks["rank"].to_numpy(), ranks["user_idx"].to_numpy()
+    out = {"samples": int(len(ranks)), "metrics": res["metrics"] if subset is None else summarize_ranks(r, u),
+           "ci95": _ci(r, u), "users_per_s": res["users_per_s"]}
+    if "by_history_length" in res:
+        out["by_history_length"] = res["by_history_length"]
+        out["prompt_tokens_mean"] = res.get("prompt_tokens_mean")
+    return out
+
+
+def run(profile: str, work: Path, budget: int, test_samples: int, lr: float, base: str,
+        sasrec_epochs: int) -> dict[str, Any]:
+    from patchrec import stages
+    from patchrec.baselines import evaluate_baseline
+
+    t_start = time.perf_counter()
+    spec = PROFILES[profile]
+    data = work / "data" / profile
+    prepare_data(DataConfig(format="patchrec-paper", raw=(PROJECT_ROOT / spec["raw"]).resolve(), out=data))
+    mcfg = ModelConfig(base=base, cache_dir=work / "models")
+    prompt = PromptConfig()
+    ecfg = EvalConfig(split="test", max_samples=test_samples or None)
+    report: dict[str, Any] = {"profile": profile, "budget_samples": budget, "lr": lr, "base": base,
+                              "test_samples": test_samples or "all", "machine": _machine(), "variants": {},
+                              "baselines": {}}
+    for name, v in variants(budget, lr).items():
+        init, seconds, samples = None, 0.0, 0
+        for which in ("ppt", "pft"):
+            tcfg = v[which]
+            if tcfg is None:
+                continue
+            out = work / "runs" / profile / f"{which}-{fingerprint(tcfg.model_dump(mode='json'), base, str(init))}"
+            meta = stages.train(data, out, tcfg, mcfg, prompt, init_from=init)
+            seconds += meta["samples"] / max(meta["samples_per_s"], 1e-9)
+            samples += meta["samples"]
+            init = out
+        ev_dir = init.with_name(init.name + f"-eval-{fingerprint(ecfg.model_dump(mode='json'))}")
+        if not (ev_dir / "eval.json").is_file():
+            stages.evaluate(data, init, ev_dir, ecfg)
+        report["variants"][name] = {**_summary(ev_dir), "train_samples": samples,
+                                    "train_samples_per_s": samples / seconds if seconds else None}
+        print(f"{name}: {json.dumps(report['variants'][name]['metrics'])}", flush=True)
+    llm_subset = pd.read_parquet(ev_dir / "ranks.parquet")["sample"].to_numpy()
+    sas = SASRecConfig(max_epochs=sasrec_epochs)
+    for kind in ("popularity", "sasrec"):
+        out = work / "runs" / profile / f"baseline-{kind}-{fingerprint(sas.model_dump(), kind)}"
+        res = evaluate_baseline(kind, data, out, split="test", sasrec=sas)
+        report["baselines"][kind] = {"all_test": _summary(out), "llm_sample": _summary(out, llm_subset),
+                                     "train": {k: res["train"].get(k) for k in ("epochs", "best_val_ndcg_10",
+                                                                                 "seconds")} if res["train"] else {}}
+    report["reference"] = REFERENCE.get(profile, {})
+    report["seconds"] = time.perf_counter() - t_start
+    return report
+
+
+def _machine() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    return {"device": dev, "platform": platform.platform(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="ml-100k", choices=sorted(PROFILES))
+    parser.add_argument("--budget", type=int, help="training samples per LLM variant (profile default)")
+    parser.add_argument("--test-samples", type=int, help="test targets ranked by the LLM variants (0 = all)")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--base", default="smollm2")
+    parser.add_argument("--sasrec-epochs", type=int, default=200)
+    parser.add_argument("--work", type=Path, default=PROJECT_ROOT / ".state" / "quality")
+    parser.add_argument("--out", type=Path, help="JSON path (default bench/results/quality-<profile>.json)")
+    parser.add_argument("--report", type=Path, default=PROJECT_ROOT / "docs" / "quality.md")
+    args = parser.parse_args(argv)
+    spec = PROFILES[args.profile]
+    budget = args.budget or spec["budget"]
+    test_samples = spec["test_samples"] if args.test_samples is None else args.test_samples
+    report = run(args.profile, args.work, budget, test_samples, args.lr, args.base, args.sasrec_epochs)
+    report["command"] = "python -m bench.quality " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    out = args.out or PROJECT_ROOT / "bench" / "results" / f"quality-{args.profile}.json"
+    write_json(report, out)
+    from bench.quality_report import write_report
+
+    write_report(report, args.report)
+    print(json.dumps({"json": str(out), "report": str(args.report), "seconds": report["seconds"]}))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Markdown report and plots of a `bench.quality` JSON (every number comes from that run)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_report"]
+
+
+def _plots(report: dict[str, Any], folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, v in report["variants"].items():
+        buckets = v.get("by_history_length") or {}
+        keys = sorted(buckets, key=lambda b: int(b.split("-")[0].rstrip("+")))
+        ax.plot(keys, [buckets[b].get("ndcg_20", 0.0) for b in keys], marker="o", label=name)
+    ax.set(title=f"{report['profile']}: NDCG@20 by history length (test sample)", xlabel="history length (items)",
+           ylabel="NDCG@20")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / f"{report['profile']}-by-history.png", dpi=110)
+    plt.close(fig)
+    names.append(f"{report['profile']}-by-history.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, v in report["variants"].items():
+        ax.scatter(v["prompt_tokens_mean"], v["metrics"]["ndcg_20"], s=40)
+        ax.annotate(name, (v["prompt_tokens_mean"], v["metrics"]["ndcg_20"]), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    sas = report["baselines"].get("sasrec", {}).get("llm_sample", {}).get("metrics", {}).get("ndcg_20")
+    if sas is not None:
+        ax.axhline(sas, color="gray", ls="--", label="SASRec (same test sample)")
+        ax.legend(fontsize=7)
+    ax.set(title=f"{report['profile']}: NDCG@20 vs tokens per prompt", xlabel="mean prompt tokens", ylabel="NDCG@20")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(folder / f"{report['profile']}-vs-tokens.png", dpi=110)
+    plt.close(fig)
+    names.append(f"{report['profile']}-vs-tokens.png")
+    return names
+
+
+def _row(name: str, s: dict[str, Any], extra: str) -> str:
+    m, ci = s["metrics"], s["ci95"]
+    cells = [f"{m[f'{x}_{k}']:.4f}" for k in (1, 5) for x in ("hr", "ndcg")]
+    cells += [f"{m[f'{x}_{k}']:.4f} [{ci[f'{x}_{k}'][0]:.3f}, {ci[f'{x}_{k}'][1]:.3f}]" for k in (10, 20)
+              for x in ("hr", "ndcg")]
+    masked = m.get("masked_ndcg_20")
+    cells.append(f"{masked:.4f}" if masked is not None else "-")
+    return f"| {name} | " + " | ".join(cells) + f" | {extra} |"
+
+
+def write_report(report: dict[str, Any], path: Path) -> Path:
+    path = Path(path)
+    plots = _plots(report, path.parent / "quality")
+    head = ("| model | HR@1 | NDCG@1 | HR@5 | NDCG@5 | HR@10 [95% CI] | NDCG@10 [95% CI] | HR@20 [95% CI] | "
+            "NDCG@20 [95% CI] | masked NDCG@20 | notes |")
+    sep = "|" + "---|" * 12
+    lines = [f"# Recommendation quality: {report['profile']}", "",
+             f"Measured {report['machine']['date']} on {report['machine']['device']} "
+             f"(torch {report['machine']['torch']}), {report['seconds'] / 60:.0f} min in all, with:", "",
+             f"    {report['command']}", "",
+             f"Paper protocol (the authors' split, full catalog, exact item id, first rank). Every LLM variant "
+             f"({report['base']}) trains on **{report['budget_samples']} samples** (PPT -> PFT: half each), "
+             f"lr {report['lr']}; LLM variants rank {report['variants'][next(iter(report['variants']))]['samples']} "
+             f"test targets (a fixed random sample); intervals are user-bootstrap 95% CIs (1000 draws). "
+             f"`masked` removes items already in the history from the ranked list (for beam search this can only "
+             f"shorten a 20-item list).", "", "## LLM variants and baselines on the same test sample", "", head, sep]
+    for name, v in report["variants"].items():
+        extra = (f"{v['prompt_tokens_mean']:.0f} prompt tokens; train {v['train_samples_per_s']:.2f} samples/s; "
+                 f"rank {v['users_per_s']:.2f} users/s; lenient HR@20 {v['metrics']['paper_lenient_hr_20']:.3f}")
+        lines.append(_row(name, v, extra))
+    for kind, b in report["baselines"].items():
+        tr = b["train"]
+        extra = f"{tr['epochs']} epochs, {tr['seconds']:.0f} s" if tr else "counts of training targets"
+        lines.append(_row(f"{kind} (same sample)", b["llm_sample"], extra))
+    lines += ["", "## Baselines on the whole test split", "", head, sep]
+    for kind, b in report["baselines"].items():
+        ref = report["reference"].get(kind)
+        lines.append(_row(f"{kind} ({b['all_test']['samples']} targets)", b["all_test"],
+                          f"reference {json.dumps(ref)}" if ref else ""))
+    lines += ["", "## Plots", ""] + [f"![{p}](quality/{p})" for p in plots] + [""]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+if __name__ == "__main__":
+    write_report(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
