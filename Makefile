@@ -21,12 +21,15 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 DATASET ?= ml-100k
 SERVE_PORT ?= 5001
 
-.PHONY: help venv demo test bench up down status run nightly mlflow-ui serve clean
+QUALITY_PROFILE ?= ml-100k
+
+.PHONY: help venv demo test bench quality up down status run nightly mlflow-ui serve clean
 
 help:
 	@echo "make demo       # set up, then the full pipeline on MovieLens-100k + SmolLM2 (demo profile), registered in MLflow"
 	@echo "make test       # set up, then run the test suite"
 	@echo "make bench      # run every benchmark; JSON goes to bench/results/"
+	@echo "make quality    # LLM variants vs popularity/SASRec on the paper split (QUALITY_PROFILE=ml-100k, ~1 h on 2 cores)"
 	@echo "make up         # local Prefect server (127.0.0.1:4200) + work pool + deployments + worker; make down stops them"
 	@echo "make run        # prefect deployment run patchrec/full-pipeline (after make up)"
 	@echo "make nightly    # prefect deployment run patchrec/nightly-retrain (it is also scheduled at 02:00 UTC)"
@@ -75,6 +78,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all
+
+quality: $(STAMP)
+	$(PY) -m bench.quality --profile $(QUALITY_PROFILE)
 
 clean:
 	rm -rf $(STATE) build *.egg-info

@@ -29,7 +29,7 @@ from patchrec.pipeline import PROJECT_ROOT, fingerprint
 from patchrec.prompts import PromptConfig
 
 PROFILES = {
-    "ml-100k": {"raw": "../shared/data/patchrec-paper/ml-100k", "budget": 96, "test_samples": 64},
+    "ml-100k": {"raw": "../shared/data/patchrec-paper/ml-100k", "budget": 96, "test_samples": 48},
     "ml-1m": {"raw": "../shared/data/patchrec-paper/ml-1m", "budget": 8192, "test_samples": 0},
 }
 REFERENCE = {"ml-1m": {"sasrec": {"hr_20": 0.148, "ndcg_20": 0.056}, "popularity": {"hr_20": 0.038, "ndcg_20": 0.014}},

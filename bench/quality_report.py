@@ -65,7 +65,7 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
     plots = _plots(report, path.parent / "quality")
     head = ("| model | HR@1 | NDCG@1 | HR@5 | NDCG@5 | HR@10 [95% CI] | NDCG@10 [95% CI] | HR@20 [95% CI] | "
             "NDCG@20 [95% CI] | masked NDCG@20 | notes |")
-    sep = "|" + "---|" * 12
+    sep = "|" + "---|" * 11
     lines = [f"# Recommendation quality: {report['profile']}", "",
              f"Measured {report['machine']['date']} on {report['machine']['device']} "
              f"(torch {report['machine']['torch']}), {report['seconds'] / 60:.0f} min in all, with:", "",
