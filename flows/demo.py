@@ -47,7 +47,7 @@ def main() -> None:
     example = _example(res["run_dir"])
     print("\nquery the champion:")
     print(f"  .venv/bin/patchrec recommend --state {state} --model models:/{reg['name']}@champion --history {example}")
-    print(f"  make serve   # mlflow models serve on http://127.0.0.1:5001, then:")
+    print("  make serve   # mlflow models serve on http://127.0.0.1:5001, then:")
     print(f"  .venv/bin/patchrec recommend --url http://127.0.0.1:5001 --history {example}")
     print("look: make mlflow-ui (http://127.0.0.1:5000), make up (Prefect UI on http://127.0.0.1:4200)")
 
