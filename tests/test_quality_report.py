@@ -1,0 +1,39 @@
+"""The quality report renders every variant and baseline of a bench.quality JSON, with its plots."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.quality_report import write_report
+from patchrec.evaluation.metrics import bootstrap_ci, summarize_ranks
+
+
+def _summary(ranks, users, tokens=None):
+    m = summarize_ranks(ranks, users)
+    m.update({f"masked_{k}": v for k, v in m.items()})
+    m.update({f"paper_lenient_hr_{k}": 0.0 for k in (5, 10, 20)})
+    ci = {f"{x}_{k}": list(bootstrap_ci(ranks, users, k, x)) for x in ("hr", "ndcg") for k in (10, 20)}
+    out = {"samples": len(ranks), "metrics": m, "ci95": ci, "users_per_s": 1.5}
+    if tokens is not None:
+        out.update(prompt_tokens_mean=tokens, train_samples=8, train_samples_per_s=2.0,
+                   by_history_length={"1-10": {"n": 2, "ndcg_20": 0.1}, "11-20": {"n": 2, "ndcg_20": 0.3}})
+    return out
+
+
+def test_report_tables_and_plots(tmp_path):
+    rng = np.random.default_rng(0)
+    ranks, users = rng.integers(-1, 25, 40), np.repeat(np.arange(10), 4)
+    report = {"profile": "ml-100k", "budget_samples": 8, "lr": 5e-4, "base": "tiny", "seconds": 60.0,
+              "command": "python -m bench.quality --base tiny", "reference": {"sasrec": {"hr_20": 0.14}},
+              "machine": {"date": "2026-11-27", "device": "CPU, 2 cores", "torch": "2.13.0"},
+              "variants": {"SFT-20": _summary(ranks, users, 120.0), "PPT -> PFT-S(5)": _summary(ranks, users, 60.0)},
+              "baselines": {"sasrec": {"all_test": _summary(ranks, users), "llm_sample": _summary(ranks, users),
+                                       "train": {"epochs": 3, "best_val_ndcg_10": 0.1, "seconds": 2.0}}}}
+    path = write_report(report, tmp_path / "quality.md")
+    text = path.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 2 + 3 + 1  # two headers, 2 LLM variants + SASRec on the sample, SASRec on all targets
+    assert all(row.count("|") == rows[0].count("|") for row in rows)
+    assert 'reference {"hr_20": 0.14}' in text and "python -m bench.quality --base tiny" in text
+    for png in ("ml-100k-by-history.png", "ml-100k-vs-tokens.png"):
+        assert (tmp_path / "quality" / png).read_bytes()[:4] == b"\x89PNG"
