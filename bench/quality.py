@@ -12,6 +12,7 @@ and half on PFT (the PPT run is shared by the variants that start from it, but i
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import time
@@ -39,7 +40,10 @@ REFERENCE = {"ml-1m": {"sasrec": {"hr_20": 0.148, "ndcg_20": 0.056}, "popularity
 def variants(budget: int, lr: float) -> dict[str, dict[str, Any]]:
     """name -> {"ppt": TrainConfig | None, "pft": TrainConfig}; the main table, then the ablations."""
     half = max(1, budget // 2)
-    ppt = TrainConfig(stage="ppt", layout="mixed", max_history=100, max_samples=half, lr=lr)
+    # PPT also trains on each sample's all-text copy: micro-batches of 4 (x2 accumulation) keep the peak memory
+    # of 100-item text prompts under ~12 GB on a CPU (batches of 8 were OOM-killed at 24 GB).
+    ppt = TrainConfig(stage="ppt", layout="mixed", max_history=100, max_samples=half, lr=lr, batch_size=4,
+                      grad_accum=2)
     pft_s = dict(stage="pft", layout="session", max_history=100)
     return {
         "SFT-20": {"ppt": None, "pft": TrainConfig(stage="sft", layout="text", max_history=20, max_samples=budget, lr=lr)},
@@ -106,6 +110,7 @@ def run(profile: str, work: Path, budget: int, test_samples: int, lr: float, bas
         report["variants"][name] = {**_summary(ev_dir), "train_samples": samples,
                                     "train_samples_per_s": samples / seconds if seconds else None}
         print(f"{name}: {json.dumps(report['variants'][name]['metrics'])}", flush=True)
+        gc.collect()  # each variant loads its own model; free the last one before the next
     llm_subset = pd.read_parquet(ev_dir / "ranks.parquet")["sample"].to_numpy()
     sas = SASRecConfig(max_epochs=sasrec_epochs)
     for kind in ("popularity", "sasrec"):
