@@ -60,9 +60,7 @@ class Services:
         if not f.is_file():
             return None
         pid = int(f.read_text().strip())
-        try:
-            os.kill(pid, 0)
-        except OSError:
+        if not _alive(pid):
             f.unlink()
             return None
         return pid
@@ -113,28 +111,38 @@ class Services:
         return {"prefect-server": server, "prefect-worker": self.start_worker(poll_seconds)}
 
     def down(self, timeout: float = 30) -> list[str]:
-        """Stop the worker, then the server (SIGTERM to each process group, SIGKILL after `timeout`)."""
+        """Stop the worker, then the server: SIGTERM to each process group, SIGKILL if it outlives `timeout`."""
         stopped = []
         for name in ("prefect-worker", "prefect-server"):
             pid = self.pid(name)
             if pid is None:
                 continue
-            os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.pid(name) is not None and time.monotonic() < deadline:
-                _reap(pid)
-                time.sleep(0.5)
-            if self.pid(name) is not None:
-                os.killpg(pid, signal.SIGKILL)
-                _reap(pid)
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(pid, sig)
+                except ProcessLookupError:
+                    break
+                deadline = time.monotonic() + wait
+                while _alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                if not _alive(pid):
+                    break
             (self.pids / f"{name}.pid").unlink(missing_ok=True)
             stopped.append(f"{name} (pid {pid})")
         return stopped
 
 
-def _reap(pid: int) -> None:
-    """Collect a child that has exited (when this process started it), so it does not linger as a zombie."""
+def _alive(pid: int) -> bool:
+    """True while `pid` runs; a child that has exited is reaped here, and a zombie counts as gone."""
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -3,12 +3,13 @@ profile to Completed, the model in the MLflow registry, the nightly schedule; ev
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
-from patchrec.services import Services
+from patchrec.services import Services, _alive
 
 
 def _free_port() -> int:
@@ -37,10 +38,15 @@ def test_deployment_end_to_end(tmp_path):
     finally:
         stopped = svc.down()
     assert len(stopped) == 2
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
     for pid in pids.values():
-        try:
-            os.kill(pid, 0)
-            alive = True
-        except OSError:
-            alive = False
-        assert not alive, f"pid {pid} still running"
+        assert not _alive(pid), f"pid {pid} still running: {_state(pid)}"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().splitlines()[:4].__str__()
+    except OSError:
+        return "gone"
