@@ -96,7 +96,8 @@ def full_pipeline(profile: Profile = "demo", overrides: dict[str, Any] | None = 
         data = t.record_data(cfg, prepare_data(cfg.data), parent)
         base = baselines(cfg, data, parent) if cfg.baselines else {}
         result = _train_and_register(cfg, data, parent, None)
-        result["metrics"].update({f"{kind}_test_{k}": v for kind, r in base.items() for k, v in r["metrics"].items()})
+        result["metrics"].update({f"{kind}_test_{k}": v for kind, r in base.items()
+                                  for k, v in r["metrics"].items()})
     except BaseException:
         t.close_run(cfg, parent, False)
         raise
