@@ -2,7 +2,7 @@
 ID-based baselines, on the same split and metric code. Prints JSON; writes bench/results/quality-<profile>.json
 and a markdown report with plots (docs/quality.md, docs/quality/*.png).
 
-    python -m bench.quality --profile ml-100k            # `make quality`; ~1 h on 2 CPU cores
+    python -m bench.quality --profile ml-100k            # `make quality`; about 1 h on 2 CPU cores
     python -m bench.quality --profile ml-1m --budget 8192 --test-samples 0   # on a GPU
 
 Budget: every LLM variant gets the same number of training samples; PPT -> PFT variants spend half on PPT
@@ -24,13 +24,13 @@ import pandas as pd
 
 from patchrec.config import DataConfig, EvalConfig, ModelConfig, SASRecConfig, TrainConfig
 from patchrec.data.prepare import prepare_data
-from patchrec.evaluation.metrics import bootstrap_ci, summarize_ranks
+from patchrec.evaluation.metrics import bootstrap_ci, paired_bootstrap_diff, summarize_ranks
 from patchrec.io import read_json, write_json
 from patchrec.pipeline import PROJECT_ROOT, fingerprint
 from patchrec.prompts import PromptConfig
 
 PROFILES = {
-    "ml-100k": {"raw": "../shared/data/patchrec-paper/ml-100k", "budget": 96, "test_samples": 48},
+    "ml-100k": {"raw": "../shared/data/patchrec-paper/ml-100k", "budget": 128, "test_samples": 96},
     "ml-1m": {"raw": "../shared/data/patchrec-paper/ml-1m", "budget": 8192, "test_samples": 0},
 }
 REFERENCE = {"ml-1m": {"sasrec": {"hr_20": 0.148, "ndcg_20": 0.056}, "popularity": {"hr_20": 0.038, "ndcg_20": 0.014}},
@@ -60,17 +60,53 @@ def variants(budget: int, lr: float) -> dict[str, dict[str, Any]]:
     }
 
 
+# (question, model a, model b): the report gives a - b on the same test targets with a paired user-bootstrap CI.
+COMPARISONS = [
+    ("PatchRec's main claim: PFT-S vs SFT-100", "PPT -> PFT-S(5)", "SFT-100"),
+    ("item patches vs text, same history", "PPT -> PFT-I(5)", "SFT-100"),
+    ("does PPT help PFT-S (same budget)", "PPT -> PFT-S(5)", "PFT-S(5), no PPT"),
+    ("G = 5 vs G = 20", "PPT -> PFT-S(5)", "PPT -> PFT-S(20)"),
+    ("LoRA vs full fine-tuning (same budget)", "PPT -> PFT-S(5)", "PPT -> PFT-S(5), full FT"),
+    ("longer text history: SFT-100 vs SFT-20", "SFT-100", "SFT-20"),
+    ("LLM (PFT-S) vs SASRec", "PPT -> PFT-S(5)", "sasrec"),
+    ("SASRec vs popularity", "sasrec", "popularity"),
+]
+
+
+def _comparisons(ranks: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
+    out = []
+    for question, a, b in COMPARISONS:
+        if a not in ranks or b not in ranks:
+            continue
+        both = ranks[a][["sample", "user_idx", "rank"]].merge(ranks[b][["sample", "user_idx", "rank"]],
+                                                              on=["sample", "user_idx"], suffixes=("_a", "_b"))
+        row: dict[str, Any] = {"question": question, "a": a, "b": b, "samples": int(len(both))}
+        for m in ("hr", "ndcg"):
+            d, lo, hi = paired_bootstrap_diff(both["rank_a"].to_numpy(), both["rank_b"].to_numpy(),
+                                              both["user_idx"].to_numpy(), 20, m)
+            row[f"{m}_20_diff"] = [d, lo, hi]
+        out.append(row)
+    return out
+
+
+def _ranks(eval_dir: Path, subset: np.ndarray | None = None) -> pd.DataFrame:
+    ranks = pd.read_parquet(eval_dir / "ranks.parquet").drop(columns=["ranked"])
+    return ranks if subset is None else ranks[ranks["sample"].isin(subset)]
+
+
 def _ci(ranks: np.ndarray, users: np.ndarray) -> dict[str, list[float]]:
     return {f"{m}_{k}": list(bootstrap_ci(ranks, users, k, m)) for m in ("hr", "ndcg") for k in (10, 20)}
 
 
 def _summary(eval_dir: Path, subset: np.ndarray | None = None) -> dict[str, Any]:
     res = read_json(eval_dir / "eval.json")
-    ranks = pd.read_parquet(eval_dir / "ranks.parquet")
-    if subset is not None:
-        ranks = ranks[ranks["sample"].isin(subset)]
+    ranks = _ranks(eval_dir, subset)
     r, u = ranks["rank"].to_numpy(), ranks["user_idx"].to_numpy()
-    out = {"samples": int(len(ranks)), "metrics": res["metrics"] if subset is None else summarize_ranks(r, u),
+    metrics = res["metrics"]
+    if subset is not None:  # a baseline's ranks, restricted to the LLM variants' test sample
+        metrics = summarize_ranks(r, u)
+        metrics.update({f"masked_{k}": v for k, v in summarize_ranks(ranks["masked_rank"].to_numpy(), u).items()})
+    out = {"samples": int(len(ranks)), "metrics": metrics,
            "ci95": _ci(r, u), "users_per_s": res["users_per_s"]}
     if "by_history_length" in res:
         out["by_history_length"] = res["by_history_length"]
@@ -93,6 +129,8 @@ def run(profile: str, work: Path, budget: int, test_samples: int, lr: float, bas
     report: dict[str, Any] = {"profile": profile, "budget_samples": budget, "lr": lr, "base": base,
                               "test_samples": test_samples or "all", "machine": _machine(), "variants": {},
                               "baselines": {}}
+    ranks: dict[str, pd.DataFrame] = {}
+    stage_seconds: dict[Path, float] = {}
     for name, v in variants(budget, lr).items():
         init, seconds, samples = None, 0.0, 0
         for which in ("ppt", "pft"):
@@ -101,17 +139,22 @@ def run(profile: str, work: Path, budget: int, test_samples: int, lr: float, bas
                 continue
             out = work / "runs" / profile / f"{which}-{fingerprint(tcfg.model_dump(mode='json'), base, str(init))}"
             meta = stages.train(data, out, tcfg, mcfg, prompt, init_from=init)
-            seconds += meta["samples"] / max(meta["samples_per_s"], 1e-9)
+            stage_seconds[out] = meta["samples"] / max(meta["samples_per_s"], 1e-9)
+            seconds += stage_seconds[out]
             samples += meta["samples"]
             init = out
         ev_dir = init.with_name(init.name + f"-eval-{fingerprint(ecfg.model_dump(mode='json'))}")
         if not (ev_dir / "eval.json").is_file():
             stages.evaluate(data, init, ev_dir, ecfg)
-        report["variants"][name] = {**_summary(ev_dir), "train_samples": samples,
+        summary = _summary(ev_dir)
+        report["variants"][name] = {**summary, "train_samples": samples, "train_seconds": seconds,
+                                    "rank_seconds": summary["samples"] / summary["users_per_s"],
                                     "train_samples_per_s": samples / seconds if seconds else None}
-        print(f"{name}: {json.dumps(report['variants'][name]['metrics'])}", flush=True)
+        ranks[name] = _ranks(ev_dir)
+        m = summary["metrics"]
+        print(f"{name}: HR@20 {m['hr_20']:.4f} NDCG@20 {m['ndcg_20']:.4f} ({summary['samples']} targets)", flush=True)
         gc.collect()  # each variant loads its own model; free the last one before the next
-    llm_subset = pd.read_parquet(ev_dir / "ranks.parquet")["sample"].to_numpy()
+    llm_subset = ranks[name]["sample"].to_numpy()
     sas = SASRecConfig(max_epochs=sasrec_epochs)
     for kind in ("popularity", "sasrec"):
         out = work / "runs" / profile / f"baseline-{kind}-{fingerprint(sas.model_dump(), kind)}"
@@ -119,8 +162,15 @@ def run(profile: str, work: Path, budget: int, test_samples: int, lr: float, bas
         report["baselines"][kind] = {"all_test": _summary(out), "llm_sample": _summary(out, llm_subset),
                                      "train": {k: res["train"].get(k) for k in ("epochs", "best_val_ndcg_10",
                                                                                  "seconds")} if res["train"] else {}}
+        ranks[kind] = _ranks(out, llm_subset)
+    report["comparisons"] = _comparisons(ranks)
     report["reference"] = REFERENCE.get(profile, {})
     report["seconds"] = time.perf_counter() - t_start
+    # training + ranking time of the reported stages, the shared PPT run once: most of `seconds` when this
+    # invocation reused nothing from an earlier one
+    ranking = sum(v["rank_seconds"] for v in report["variants"].values())
+    baselines = sum(b["train"].get("seconds") or 0.0 for b in report["baselines"].values())
+    report["compute_seconds"] = sum(stage_seconds.values()) + ranking + baselines
     return report
 
 

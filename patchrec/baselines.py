@@ -103,9 +103,7 @@ def rank_split(score_fn, store: SequenceStore, idx: np.ndarray, top_k: int = 20,
     return ranked, hists, targets
 
 
-def _metrics(ranked, hists, targets, users, top_k: int = 20) -> dict[str, float]:
-    plain = first_ranks([lst[:top_k] for lst in ranked], targets)
-    masked = masked_ranks(ranked, hists, targets, top_k)
+def _metrics(plain: np.ndarray, masked: np.ndarray, users: np.ndarray) -> dict[str, float]:
     out = summarize_ranks(plain, users)
     out.update({f"masked_{k}": v for k, v in summarize_ranks(masked, users).items()})
     return out
@@ -197,12 +195,14 @@ def evaluate_baseline(kind: Literal["popularity", "sasrec"], data_dir: Path, out
         ranked, hists, targets = rank_split(score_fn, store, idx)
     seconds = time.perf_counter() - t0
     users = store.sample_user[idx]
+    plain = first_ranks([r[:20] for r in ranked], targets)
+    masked = masked_ranks(ranked, hists, targets, 20)
     result = {"model": kind, "split": split, "samples": int(len(idx)), "users_per_s": len(idx) / max(seconds, 1e-9),
-              "metrics": _metrics(ranked, hists, targets, users), "train": train_info,
+              "metrics": _metrics(plain, masked, users), "train": train_info,
               "config": sasrec.model_dump() if kind == "sasrec" else {}}
     with atomic_path(out_dir / "ranks.parquet") as tmp:
         pd.DataFrame({"sample": idx, "user_idx": users, "target": targets,
-                      "rank": first_ranks([r[:20] for r in ranked], targets), "history_len": [len(h) for h in hists],
+                      "rank": plain, "masked_rank": masked, "history_len": [len(h) for h in hists],
                       "ranked": [r[:20] for r in ranked]}).to_parquet(tmp)
     write_json(result, out_dir / "eval.json")
     return result

@@ -28,12 +28,19 @@ def test_report_tables_and_plots(tmp_path):
               "machine": {"date": "2026-11-27", "device": "CPU, 2 cores", "torch": "2.13.0"},
               "variants": {"SFT-20": _summary(ranks, users, 120.0), "PPT -> PFT-S(5)": _summary(ranks, users, 60.0)},
               "baselines": {"sasrec": {"all_test": _summary(ranks, users), "llm_sample": _summary(ranks, users),
-                                       "train": {"epochs": 3, "best_val_ndcg_10": 0.1, "seconds": 2.0}}}}
+                                       "train": {"epochs": 3, "best_val_ndcg_10": 0.1, "seconds": 2.0}}},
+              "comparisons": [{"question": "q1", "a": "SFT-20", "b": "sasrec", "samples": 40,
+                               "hr_20_diff": [0.1, 0.02, 0.2], "ndcg_20_diff": [0.05, 0.01, 0.1]},
+                              {"question": "q2", "a": "SFT-20", "b": "sasrec", "samples": 40,
+                               "hr_20_diff": [0.0, -0.1, 0.1], "ndcg_20_diff": [0.0, -0.05, 0.05]}]}
     path = write_report(report, tmp_path / "quality.md")
     text = path.read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 2 + 3 + 1  # two headers, 2 LLM variants + SASRec on the sample, SASRec on all targets
-    assert all(row.count("|") == rows[0].count("|") for row in rows)
+    tables = [[line for line in block.splitlines() if line.startswith("| ")] for block in text.split("\n#")]
+    tables = [t for t in tables if t]
+    # main (2 variants + SASRec on the sample), user/masked/lenient (same rows), ablations (2), SASRec on all
+    assert [len(t) for t in tables] == [1 + 3, 1 + 3, 1 + 2, 1 + 1]  # header + rows
+    assert all(row.count("|") == t[0].count("|") for t in tables for row in t)
+    assert tables[2][1].endswith("| a better |") and tables[2][2].endswith("| no detectable difference |")
     assert 'reference {"hr_20": 0.14}' in text and "python -m bench.quality --base tiny" in text
     for png in ("ml-100k-by-history.png", "ml-100k-vs-tokens.png"):
         assert (tmp_path / "quality" / png).read_bytes()[:4] == b"\x89PNG"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["KS", "first_ranks", "masked_ranks", "hit_rate_at_k", "ndcg_at_k", "summarize_ranks", "bootstrap_ci",
-           "lenient_paper_ranks"]
+           "paired_bootstrap_diff", "lenient_paper_ranks"]
 
 KS = (1, 5, 10, 20)
 
@@ -71,19 +71,34 @@ def summarize_ranks(ranks: np.ndarray, users: np.ndarray | None = None, ks: Sequ
     return out
 
 
-def bootstrap_ci(ranks: np.ndarray, users: np.ndarray, k: int, metric: str = "ndcg", n: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """User-bootstrap interval of the sample-averaged HR@k / NDCG@k: users are drawn with replacement
-    (all of a drawn user's samples count), `n` times; returns the (lower, upper) quantiles."""
-    ranks, users = np.asarray(ranks), np.asarray(users)
+def _gain(ranks: np.ndarray, k: int, metric: str) -> np.ndarray:
     hit = (ranks >= 0) & (ranks < k)
-    value = np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0) if metric == "ndcg" else hit.astype(float)
+    return np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0) if metric == "ndcg" else hit.astype(float)
+
+
+def _user_bootstrap(values: np.ndarray, users: np.ndarray, n: int, seed: int, level: float) -> tuple[float, float]:
     _, inv = np.unique(users, return_inverse=True)
-    sums, counts = np.bincount(inv, value), np.bincount(inv).astype(float)
+    sums, counts = np.bincount(inv, values), np.bincount(inv).astype(float)
     draws = np.random.default_rng(seed).integers(0, len(sums), size=(n, len(sums)))
     stats = sums[draws].sum(1) / counts[draws].sum(1)
     alpha = (1 - level) / 2
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def bootstrap_ci(ranks: np.ndarray, users: np.ndarray, k: int, metric: str = "ndcg", n: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """User-bootstrap interval of the sample-averaged HR@k / NDCG@k: users are drawn with replacement
+    (all of a drawn user's samples count), `n` times; returns the (lower, upper) quantiles."""
+    return _user_bootstrap(_gain(np.asarray(ranks), k, metric), np.asarray(users), n, seed, level)
+
+
+def paired_bootstrap_diff(ranks_a: np.ndarray, ranks_b: np.ndarray, users: np.ndarray, k: int, metric: str = "ndcg",
+                          n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(difference, lower, upper) of HR@k / NDCG@k, model a minus model b, on the SAME samples (aligned arrays):
+    users are resampled once for both models, so the interval reflects only how the two differ."""
+    diff = _gain(np.asarray(ranks_a), k, metric) - _gain(np.asarray(ranks_b), k, metric)
+    lo, hi = _user_bootstrap(diff, np.asarray(users), n, seed, level)
+    return float(diff.mean()), lo, hi
 
 
 def lenient_paper_ranks(generated_titles: Sequence[Sequence[str]], target_titles: Sequence[str]) -> np.ndarray:
