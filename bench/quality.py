@@ -114,15 +114,15 @@ def _summary(eval_dir: Path, subset: np.ndarray | None = None) -> dict[str, Any]
     return out
 
 
-def run(profile: str, work: Path, budget: int, test_samples: int, lr: float, base: str,
+def run(profile: str, data_cfg: DataConfig, work: Path, budget: int, test_samples: int, lr: float, base: str,
         sasrec_epochs: int) -> dict[str, Any]:
+    """Prepare `data_cfg` (reused when unchanged), train and rank every variant and baseline under `work`."""
     from patchrec import stages
     from patchrec.baselines import evaluate_baseline
 
     t_start = time.perf_counter()
-    spec = PROFILES[profile]
-    data = work / "data" / profile
-    prepare_data(DataConfig(format="patchrec-paper", raw=(PROJECT_ROOT / spec["raw"]).resolve(), out=data))
+    data = data_cfg.out
+    prepare_data(data_cfg)
     mcfg = ModelConfig(base=base, cache_dir=work / "models")
     prompt = PromptConfig()
     ecfg = EvalConfig(split="test", max_samples=test_samples or None)
@@ -199,7 +199,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     spec = PROFILES[args.profile]
     budget = args.budget or spec["budget"]
     test_samples = spec["test_samples"] if args.test_samples is None else args.test_samples
-    report = run(args.profile, args.work, budget, test_samples, args.lr, args.base, args.sasrec_epochs)
+    data_cfg = DataConfig(format="patchrec-paper", raw=(PROJECT_ROOT / spec["raw"]).resolve(),
+                          out=args.work / "data" / args.profile)
+    report = run(args.profile, data_cfg, args.work, budget, test_samples, args.lr, args.base, args.sasrec_epochs)
     report["command"] = "python -m bench.quality " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     out = args.out or PROJECT_ROOT / "bench" / "results" / f"quality-{args.profile}.json"
     write_json(report, out)

@@ -44,3 +44,21 @@ def test_report_tables_and_plots(tmp_path):
     assert 'reference {"hr_20": 0.14}' in text and "python -m bench.quality --base tiny" in text
     for png in ("ml-100k-by-history.png", "ml-100k-vs-tokens.png"):
         assert (tmp_path / "quality" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quality_harness_end_to_end(tmp_path):
+    """bench.quality on the tiny synthetic data and model: every variant, both baselines, every ablation."""
+    from bench.quality import COMPARISONS, run, variants
+    from patchrec.config import DataConfig
+    from patchrec.pipeline import load_pipeline
+
+    data_cfg = DataConfig(**{**load_pipeline("tiny").data.model_dump(), "out": tmp_path / "data"})
+    report = run("tiny", data_cfg, tmp_path, budget=4, test_samples=6, lr=5e-4, base="tiny", sasrec_epochs=1)
+    assert list(report["variants"]) == list(variants(4, 5e-4))
+    for v in report["variants"].values():
+        assert v["samples"] == 6 and v["train_samples"] == 4 and v["prompt_tokens_mean"] > 0
+    assert report["baselines"]["sasrec"]["llm_sample"]["samples"] == 6
+    assert report["baselines"]["popularity"]["all_test"]["samples"] >= 6
+    assert [c["question"] for c in report["comparisons"]] == [q for q, _, _ in COMPARISONS]
+    assert all(c["samples"] == 6 and c["ndcg_20_diff"][1] <= c["ndcg_20_diff"][2] for c in report["comparisons"])
+    assert 0 < report["compute_seconds"] and "masked_ndcg_20" in report["baselines"]["sasrec"]["llm_sample"]["metrics"]
