@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from patchrec import stages
+from patchrec.baselines import evaluate_baseline
 from patchrec.config import DataConfig, EvalConfig, ModelConfig, SASRecConfig, TrainConfig
 from patchrec.data.prepare import prepare_data
 from patchrec.evaluation.metrics import bootstrap_ci, paired_bootstrap_diff, summarize_ranks
@@ -69,6 +71,7 @@ COMPARISONS = [
     ("LoRA vs full fine-tuning (same budget)", "PPT -> PFT-S(5)", "PPT -> PFT-S(5), full FT"),
     ("longer text history: SFT-100 vs SFT-20", "SFT-100", "SFT-20"),
     ("LLM (PFT-S) vs SASRec", "PPT -> PFT-S(5)", "sasrec"),
+    ("LLM (PFT-S, full FT) vs popularity", "PPT -> PFT-S(5), full FT", "popularity"),
     ("SASRec vs popularity", "sasrec", "popularity"),
 ]
 
@@ -106,20 +109,17 @@ def _summary(eval_dir: Path, subset: np.ndarray | None = None) -> dict[str, Any]
     if subset is not None:  # a baseline's ranks, restricted to the LLM variants' test sample
         metrics = summarize_ranks(r, u)
         metrics.update({f"masked_{k}": v for k, v in summarize_ranks(ranks["masked_rank"].to_numpy(), u).items()})
-    out = {"samples": int(len(ranks)), "metrics": metrics,
-           "ci95": _ci(r, u), "users_per_s": res["users_per_s"]}
-    if "by_history_length" in res:
-        out["by_history_length"] = res["by_history_length"]
-        out["prompt_tokens_mean"] = res.get("prompt_tokens_mean")
+    out = {"samples": int(len(ranks)), "metrics": metrics, "ci95": _ci(r, u), "users_per_s": res["users_per_s"],
+           "by_history_length": stages.by_history_length(r, ranks["history_len"].to_numpy())}
+    if "prompt_tokens_mean" in res:
+        out["prompt_tokens_mean"] = res["prompt_tokens_mean"]
     return out
 
 
 def run(profile: str, data_cfg: DataConfig, work: Path, budget: int, test_samples: int, lr: float, base: str,
         sasrec_epochs: int) -> dict[str, Any]:
-    """Prepare `data_cfg` (reused when unchanged), train and rank every variant and baseline under `work`."""
-    from patchrec import stages
-    from patchrec.baselines import evaluate_baseline
-
+    """Prepare `data_cfg` (reused when unchanged), train and rank every variant and baseline under `work`;
+    stages finished by an earlier invocation are reused and counted in `reused_stages`."""
     t_start = time.perf_counter()
     data = data_cfg.out
     prepare_data(data_cfg)
@@ -131,6 +131,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, budget: int, test_sample
                               "baselines": {}}
     ranks: dict[str, pd.DataFrame] = {}
     stage_seconds: dict[Path, float] = {}
+    finished: dict[Path, bool] = {}  # stage folder -> already finished before this invocation
     for name, v in variants(budget, lr).items():
         init, seconds, samples = None, 0.0, 0
         for which in ("ppt", "pft"):
@@ -138,13 +139,15 @@ def run(profile: str, data_cfg: DataConfig, work: Path, budget: int, test_sample
             if tcfg is None:
                 continue
             out = work / "runs" / profile / f"{which}-{fingerprint(tcfg.model_dump(mode='json'), base, str(init))}"
+            finished.setdefault(out, (out / "config.json").is_file())
             meta = stages.train(data, out, tcfg, mcfg, prompt, init_from=init)
             stage_seconds[out] = meta["samples"] / max(meta["samples_per_s"], 1e-9)
             seconds += stage_seconds[out]
             samples += meta["samples"]
             init = out
         ev_dir = init.with_name(init.name + f"-eval-{fingerprint(ecfg.model_dump(mode='json'))}")
-        if not (ev_dir / "eval.json").is_file():
+        finished[ev_dir] = (ev_dir / "eval.json").is_file()
+        if not finished[ev_dir]:
             stages.evaluate(data, init, ev_dir, ecfg)
         summary = _summary(ev_dir)
         report["variants"][name] = {**summary, "train_samples": samples, "train_seconds": seconds,
@@ -158,6 +161,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, budget: int, test_sample
     sas = SASRecConfig(max_epochs=sasrec_epochs)
     for kind in ("popularity", "sasrec"):
         out = work / "runs" / profile / f"baseline-{kind}-{fingerprint(sas.model_dump(), kind)}"
+        finished[out] = (out / "eval.json").is_file()
         res = evaluate_baseline(kind, data, out, split="test", sasrec=sas)
         report["baselines"][kind] = {"all_test": _summary(out), "llm_sample": _summary(out, llm_subset),
                                      "train": {k: res["train"].get(k) for k in ("epochs", "best_val_ndcg_10",
@@ -171,6 +175,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, budget: int, test_sample
     ranking = sum(v["rank_seconds"] for v in report["variants"].values())
     baselines = sum(b["train"].get("seconds") or 0.0 for b in report["baselines"].values())
     report["compute_seconds"] = sum(stage_seconds.values()) + ranking + baselines
+    report["stages"], report["reused_stages"] = len(finished), sum(finished.values())
     return report
 
 

@@ -19,10 +19,15 @@ def _plots(report: dict[str, Any], folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, v in report["variants"].items():
-        buckets = v.get("by_history_length") or {}
-        keys = sorted(buckets, key=lambda b: int(b.split("-")[0].rstrip("+")))
-        ax.plot(keys, [buckets[b].get("ndcg_20", 0.0) for b in keys], marker="o", label=name)
+    curves = [(name, v["by_history_length"], "-") for name, v in report["variants"].items()]
+    curves += [(f"{kind} (same sample)", b["llm_sample"]["by_history_length"], "--")
+               for kind, b in report["baselines"].items() if "by_history_length" in b["llm_sample"]]
+    keys = sorted({b for _, buckets, _ in curves for b in buckets}, key=lambda b: int(b.split("-")[0].rstrip("+")))
+    counts = {b: n for _, buckets, _ in curves for b, n in ((k, v["n"]) for k, v in buckets.items())}
+    for name, buckets, style in curves:
+        ax.plot(range(len(keys)), [buckets.get(b, {}).get("ndcg_20", float("nan")) for b in keys], style, marker="o",
+                label=name)
+    ax.set_xticks(range(len(keys)), [f"{b}\n(n={counts[b]})" for b in keys])
     ax.set(title=f"{report['profile']}: NDCG@20 by history length (test sample)", xlabel="history length (items)",
            ylabel="NDCG@20")
     ax.grid(alpha=0.3)
@@ -66,6 +71,10 @@ def _row2(name: str, m: dict[str, Any], extra: str = "") -> str:
     return f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "-" for k in keys) + f" | {extra} |"
 
 
+def _verdict(diff: list[float]) -> str:
+    return "a better" if diff[1] > 0 else "b better" if diff[2] < 0 else "no detectable difference"
+
+
 def _comparison_lines(report: dict[str, Any]) -> list[str]:
     rows = report.get("comparisons") or []
     if not rows:
@@ -76,8 +85,8 @@ def _comparison_lines(report: dict[str, Any]) -> list[str]:
              "", "| question | a | b | targets | HR@20 a - b [95% CI] | NDCG@20 a - b [95% CI] | verdict |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        d, lo, hi = r["ndcg_20_diff"]
-        verdict = "a better" if lo > 0 else "b better" if hi < 0 else "no detectable difference"
+        verdict = "; ".join(f"{label}: {_verdict(r[key])}" for label, key in (("HR@20", "hr_20_diff"),
+                                                                             ("NDCG@20", "ndcg_20_diff")))
         cells = [f"{x[0]:+.4f} [{x[1]:+.3f}, {x[2]:+.3f}]" for x in (r["hr_20_diff"], r["ndcg_20_diff"])]
         lines.append(f"| {r['question']} | {r['a']} | {r['b']} | {r['samples']} | {cells[0]} | {cells[1]} | "
                      f"{verdict} |")
@@ -92,8 +101,10 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
     sep = "|" + "---|" * 11
     lines = [f"# Recommendation quality: {report['profile']}", "",
              f"Measured {report['machine']['date']} on {report['machine']['device']} "
-             f"(torch {report['machine']['torch']}), {report['seconds'] / 60:.0f} min wall in all "
-             f"({report.get('compute_seconds', report['seconds']) / 60:.0f} min of it training and ranking), with:", "",
+             f"(torch {report['machine']['torch']}): {report['compute_seconds'] / 60:.0f} min of training and ranking "
+             f"(per-stage records); this invocation took {report['seconds'] / 60:.0f} min wall and reused "
+             f"{report['reused_stages']} of {report['stages']} stages from an earlier one with the same settings. "
+             f"Command:", "",
              f"    {report['command']}", "",
              f"Paper protocol (the authors' split, full catalog, exact item id, first rank). Every LLM variant "
              f"({report['base']}) trains on **{report['budget_samples']} samples** (PPT -> PFT: half each), "

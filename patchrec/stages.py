@@ -27,7 +27,8 @@ from patchrec.patching import CatalogTable, assemble, item_patches, layout_kinds
 from patchrec.prompts import PromptConfig, PromptPieces, render_pieces, tokenize_titles
 from patchrec.training import StageResult, latest_checkpoint, load_trainable, train_stage, wrap_for_training
 
-__all__ = ["Setup", "Ranker", "train", "evaluate", "build_catalog", "load_catalog", "HISTORY_BUCKETS"]
+__all__ = ["Setup", "Ranker", "train", "evaluate", "build_catalog", "load_catalog", "HISTORY_BUCKETS",
+           "by_history_length"]
 
 HISTORY_BUCKETS = ((1, 10), (11, 20), (21, 50), (51, 100), (101, 10**9))
 
@@ -91,6 +92,17 @@ def train(data_dir: Path, out_dir: Path, tcfg: TrainConfig, mcfg: ModelConfig, p
 def _bucket(n: int) -> str:
     lo, hi = next(b for b in HISTORY_BUCKETS if b[0] <= n <= b[1])
     return f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"
+
+
+def by_history_length(ranks: np.ndarray, hist_len: np.ndarray) -> dict[str, dict[str, float]]:
+    """HR/NDCG@{10,20} and the sample count `n` per history-length bucket (HISTORY_BUCKETS), in first-seen order."""
+    ranks = np.asarray(ranks)
+    buckets = np.array([_bucket(int(n)) for n in hist_len])
+    out: dict[str, dict[str, float]] = {}
+    for b in dict.fromkeys(buckets):
+        m = buckets == b
+        out[b] = {"n": int(m.sum()), **summarize_ranks(ranks[m], ks=(10, 20))}
+    return out
 
 
 class Ranker:
@@ -167,11 +179,7 @@ def evaluate(data_dir: Path, run_dir: Path | None, out_dir: Path, ecfg: EvalConf
     masked = masked_ranks(ranked, hists, targets, ecfg.top_k)
     metrics.update({f"masked_{k}": v for k, v in summarize_ranks(masked, np.asarray(users)).items()})
     metrics.update({f"paper_lenient_hr_{k}": float(np.mean((lenient >= 0) & (lenient < k))) for k in (5, 10, 20)})
-    by_len: dict[str, dict[str, float]] = {}
-    buckets = np.array([_bucket(n) for n in hist_len])
-    for b in dict.fromkeys(buckets):
-        m = buckets == b
-        by_len[b] = {"n": int(m.sum()), **summarize_ranks(ranks[m], ks=(10, 20))}
+    by_len = by_history_length(ranks, np.asarray(hist_len))
     result = {"split": ecfg.split, "samples": len(idx), "layout": ranker.layout,
               "users_per_s": len(idx) / seconds if seconds else 0.0,
               "prompt_tokens_mean": float(np.mean(tokens)) if tokens else 0.0, "metrics": metrics, "by_history_length": by_len,

@@ -23,7 +23,8 @@ def _summary(ranks, users, tokens=None):
 def test_report_tables_and_plots(tmp_path):
     rng = np.random.default_rng(0)
     ranks, users = rng.integers(-1, 25, 40), np.repeat(np.arange(10), 4)
-    report = {"profile": "ml-100k", "budget_samples": 8, "lr": 5e-4, "base": "tiny", "seconds": 60.0,
+    report = {"profile": "ml-100k", "budget_samples": 8, "lr": 5e-4, "base": "tiny", "seconds": 60.0, "compute_seconds": 50.0,
+              "stages": 9, "reused_stages": 0,
               "command": "python -m bench.quality --base tiny", "reference": {"sasrec": {"hr_20": 0.14}},
               "machine": {"date": "2026-11-27", "device": "CPU, 2 cores", "torch": "2.13.0"},
               "variants": {"SFT-20": _summary(ranks, users, 120.0), "PPT -> PFT-S(5)": _summary(ranks, users, 60.0)},
@@ -40,7 +41,8 @@ def test_report_tables_and_plots(tmp_path):
     # main (2 variants + SASRec on the sample), user/masked/lenient (same rows), ablations (2), SASRec on all
     assert [len(t) for t in tables] == [1 + 3, 1 + 3, 1 + 2, 1 + 1]  # header + rows
     assert all(row.count("|") == t[0].count("|") for t in tables for row in t)
-    assert tables[2][1].endswith("| a better |") and tables[2][2].endswith("| no detectable difference |")
+    assert tables[2][1].endswith("| HR@20: a better; NDCG@20: a better |")
+    assert tables[2][2].endswith("| HR@20: no detectable difference; NDCG@20: no detectable difference |")
     assert 'reference {"hr_20": 0.14}' in text and "python -m bench.quality --base tiny" in text
     for png in ("ml-100k-by-history.png", "ml-100k-vs-tokens.png"):
         assert (tmp_path / "quality" / png).read_bytes()[:4] == b"\x89PNG"
@@ -61,4 +63,7 @@ def test_quality_harness_end_to_end(tmp_path):
     assert report["baselines"]["popularity"]["all_test"]["samples"] >= 6
     assert [c["question"] for c in report["comparisons"]] == [q for q, _, _ in COMPARISONS]
     assert all(c["samples"] == 6 and c["ndcg_20_diff"][1] <= c["ndcg_20_diff"][2] for c in report["comparisons"])
+    assert (report["stages"], report["reused_stages"]) == (9 + 7 + 2, 0)  # 9 training runs (2 PPT shared), 7 rankings
     assert 0 < report["compute_seconds"] and "masked_ndcg_20" in report["baselines"]["sasrec"]["llm_sample"]["metrics"]
+    again = run("tiny", data_cfg, tmp_path, budget=4, test_samples=6, lr=5e-4, base="tiny", sasrec_epochs=1)
+    assert again["reused_stages"] == again["stages"] == 18 and again["comparisons"] == report["comparisons"]
