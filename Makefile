@@ -80,7 +80,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run_all
 
 quality: $(STAMP)
-	$(PY) -m bench.quality --profile $(QUALITY_PROFILE)
+	$(PY) -m bench.quality --profile $(QUALITY_PROFILE) $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(STATE) build *.egg-info

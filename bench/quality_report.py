@@ -109,7 +109,9 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
              f"Paper protocol (the authors' split, full catalog, exact item id, first rank). Every LLM variant "
              f"({report['base']}) trains on **{report['budget_samples']} samples** (PPT -> PFT: half each), "
              f"lr {report['lr']}; LLM variants rank {report['variants'][next(iter(report['variants']))]['samples']} "
-             f"test targets (a fixed random sample); intervals are user-bootstrap 95% CIs (1000 draws). "
+             f"test targets (a fixed random sample); `train samples/s` covers all of a variant's training (its PPT "
+             f"run included, whose samples also carry an all-text copy); intervals are user-bootstrap 95% CIs "
+             f"(1000 draws). "
              f"`masked` removes items already in the history from the ranked list (for beam search this can only "
              f"shorten a 20-item list).", "", "## LLM variants and baselines on the same test sample", "", head, sep]
     for name, v in report["variants"].items():
