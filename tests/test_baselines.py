@@ -36,7 +36,6 @@ def test_bootstrap_interval():
     assert bootstrap_ci(np.zeros(6, int), np.arange(6), 5, "ndcg") == (1.0, 1.0)
 
 
-
 def test_paired_difference_cancels_shared_noise():
     users = np.repeat(np.arange(10), 3)
     a = np.where(np.arange(30) % 3 == 0, 0, -1)  # a hits one sample of each user at rank 0
@@ -46,6 +45,7 @@ def test_paired_difference_cancels_shared_noise():
     b = np.where(np.arange(30) < 15, 0, -1)  # b hits the first five users entirely
     diff, lo, hi = paired_bootstrap_diff(b, a, users, 10, "hr")
     assert diff == pytest.approx(0.5 - 1 / 3) and lo < diff < hi
+
 
 def test_popularity_ranks_training_targets_by_count(tiny_data, tmp_path):
     from patchrec.baselines import evaluate_baseline, popularity_scores

@@ -23,8 +23,8 @@ def _summary(ranks, users, tokens=None):
 def test_report_tables_and_plots(tmp_path):
     rng = np.random.default_rng(0)
     ranks, users = rng.integers(-1, 25, 40), np.repeat(np.arange(10), 4)
-    report = {"profile": "ml-100k", "budget_samples": 8, "lr": 5e-4, "base": "tiny", "seconds": 60.0, "compute_seconds": 50.0,
-              "stages": 9, "reused_stages": 0,
+    report = {"profile": "ml-100k", "budget_samples": 8, "lr": 5e-4, "base": "tiny", "seconds": 60.0,
+              "compute_seconds": 50.0, "stages": 9, "reused_stages": 0,
               "command": "python -m bench.quality --base tiny", "reference": {"sasrec": {"hr_20": 0.14}},
               "machine": {"date": "2026-11-27", "device": "CPU, 2 cores", "torch": "2.13.0"},
               "variants": {"SFT-20": _summary(ranks, users, 120.0), "PPT -> PFT-S(5)": _summary(ranks, users, 60.0)},
