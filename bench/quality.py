@@ -93,21 +93,20 @@ def _comparisons(ranks: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
     return out
 
 
-def _ranks(eval_dir: Path, subset: np.ndarray | None = None) -> pd.DataFrame:
-    ranks = pd.read_parquet(eval_dir / "ranks.parquet").drop(columns=["ranked"])
-    return ranks if subset is None else ranks[ranks["sample"].isin(subset)]
+def _ranks(eval_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(eval_dir / "ranks.parquet").drop(columns=["ranked"])
 
 
 def _ci(ranks: np.ndarray, users: np.ndarray) -> dict[str, list[float]]:
     return {f"{m}_{k}": list(bootstrap_ci(ranks, users, k, m)) for m in ("hr", "ndcg") for k in (10, 20)}
 
 
-def _summary(eval_dir: Path, subset: np.ndarray | None = None) -> dict[str, Any]:
-    res = read_json(eval_dir / "eval.json")
-    ranks = _ranks(eval_dir, subset)
+def _summary(res: dict[str, Any], ranks: pd.DataFrame, subset: bool = False) -> dict[str, Any]:
+    """One model's evaluation (`res` = its eval.json, `ranks` its ranks); `subset`: `ranks` is a part of the split
+    the eval.json metrics were computed on (a baseline on the LLM variants' test sample), so recompute them."""
     r, u = ranks["rank"].to_numpy(), ranks["user_idx"].to_numpy()
     metrics = res["metrics"]
-    if subset is not None:  # a baseline's ranks, restricted to the LLM variants' test sample
+    if subset:
         metrics = summarize_ranks(r, u)
         metrics.update({f"masked_{k}": v for k, v in summarize_ranks(ranks["masked_rank"].to_numpy(), u).items()})
     out = {"samples": int(len(ranks)), "metrics": metrics, "ci95": _ci(r, u), "users_per_s": res["users_per_s"],
@@ -150,11 +149,11 @@ def run(profile: str, data_cfg: DataConfig, work: Path, budget: int, test_sample
         finished[ev_dir] = (ev_dir / "eval.json").is_file()
         if not finished[ev_dir]:
             stages.evaluate(data, init, ev_dir, ecfg)
-        summary = _summary(ev_dir)
+        ranks[name] = _ranks(ev_dir)
+        summary = _summary(read_json(ev_dir / "eval.json"), ranks[name])
         report["variants"][name] = {**summary, "train_samples": samples, "train_seconds": seconds,
                                     "rank_seconds": summary["samples"] / summary["users_per_s"],
                                     "train_samples_per_s": samples / seconds if seconds else None}
-        ranks[name] = _ranks(ev_dir)
         m = summary["metrics"]
         print(f"{name}: HR@20 {m['hr_20']:.4f} NDCG@20 {m['ndcg_20']:.4f} ({summary['samples']} targets)", flush=True)
         gc.collect()  # each variant loads its own model; free the last one before the next
@@ -164,10 +163,11 @@ def run(profile: str, data_cfg: DataConfig, work: Path, budget: int, test_sample
         out = work / "runs" / profile / f"baseline-{kind}-{fingerprint(sas.model_dump(), kind)}"
         finished[out] = (out / "eval.json").is_file()
         res = evaluate_baseline(kind, data, out, split="test", sasrec=sas)
-        report["baselines"][kind] = {"all_test": _summary(out), "llm_sample": _summary(out, llm_subset),
+        whole = _ranks(out)
+        ranks[kind] = whole[whole["sample"].isin(llm_subset)]
+        report["baselines"][kind] = {"all_test": _summary(res, whole), "llm_sample": _summary(res, ranks[kind], True),
                                      "train": {k: res["train"].get(k) for k in ("epochs", "best_val_ndcg_10",
                                                                                  "seconds")} if res["train"] else {}}
-        ranks[kind] = _ranks(out, llm_subset)
     report["comparisons"] = _comparisons(ranks)
     report["reference"] = REFERENCE.get(profile, {})
     report["seconds"] = time.perf_counter() - t_start

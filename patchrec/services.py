@@ -17,7 +17,7 @@ from pathlib import Path
 from patchrec.pipeline import PROJECT_ROOT
 from patchrec.tracking import USER_ENV
 
-__all__ = ["Services", "POOL"]
+__all__ = ["Services", "POOL", "process_alive"]
 
 POOL = "patchrec-local"
 
@@ -60,7 +60,7 @@ class Services:
         if not f.is_file():
             return None
         pid = int(f.read_text().strip())
-        if not _alive(pid):
+        if not process_alive(pid):
             f.unlink()
             return None
         return pid
@@ -123,16 +123,16 @@ class Services:
                 except ProcessLookupError:
                     break
                 deadline = time.monotonic() + wait
-                while _alive(pid) and time.monotonic() < deadline:
+                while process_alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.2)
-                if not _alive(pid):
+                if not process_alive(pid):
                     break
             (self.pids / f"{name}.pid").unlink(missing_ok=True)
             stopped.append(f"{name} (pid {pid})")
         return stopped
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """True while `pid` runs; a child that has exited is reaped here, and a zombie counts as gone."""
     try:
         os.waitpid(pid, os.WNOHANG)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["USER_ENV", "tracking_uri", "experiment_id", "stage_run", "start_pipeline_run", "end_pipeline_run",
-           "log_training", "log_epochs", "log_eval", "artifact_dir", "plot_training", "plot_history_buckets", "plot_prompt_tokens"]
+           "log_training", "log_epochs", "log_eval", "artifact_dir", "plot_training", "plot_history_buckets",
+           "plot_prompt_tokens"]
 
 
 # The user's MLflow settings, read before anything in this process sets them: `mlflow.set_tracking_uri`

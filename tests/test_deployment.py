@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from patchrec.services import Services, _alive
+from patchrec.services import Services, process_alive
 
 
 def _free_port() -> int:
@@ -39,14 +39,14 @@ def test_deployment_end_to_end(tmp_path):
         stopped = svc.down()
     assert len(stopped) == 2
     deadline = time.monotonic() + 20
-    while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.5)
     for pid in pids.values():
-        assert not _alive(pid), f"pid {pid} still running: {_state(pid)}"
+        assert not process_alive(pid), f"pid {pid} still running: {_state(pid)}"
 
 
 def _state(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/status").read_text().splitlines()[:4].__str__()
+        return str(Path(f"/proc/{pid}/status").read_text().splitlines()[:4])
     except OSError:
         return "gone"
