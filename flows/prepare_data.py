@@ -1,4 +1,4 @@
-"""Flow `prepare-data`: ingest -> split -> validate, returning the summary that the CLI prints."""
+"""Flow `prepare-data`: ingest -> split -> validate -> publish, returning the summary that the CLI prints."""
 
 from __future__ import annotations
 
@@ -7,18 +7,24 @@ from typing import Any
 from prefect import flow
 
 from patchrec.config import DataConfig
-from patchrec.data.prepare import summarize
-from tasks.data import ingest_raw, split_sequences, validate_tables
+from patchrec.data.generations import building
+from patchrec.data.prepare import summarize, unchanged_summary
+from tasks.data import ingest_raw, publish_generation, split_sequences, validate_tables
 
 __all__ = ["prepare_data"]
 
 
 @flow(name="prepare-data", log_prints=True)
 def prepare_data(cfg: DataConfig) -> dict[str, Any]:
-    """Raw logs in `cfg.raw` -> validated tables, sequences and samples in `cfg.out`."""
-    report = ingest_raw(cfg)
-    splits = split_sequences(cfg)
-    validation = validate_tables(cfg.out, cfg.max_future_days)
-    summary = summarize(cfg.out, report, splits, validation)
+    """Raw logs in `cfg.raw` -> a new validated generation of tables, sequences and samples, published as `cfg.out`."""
+    with building(cfg.out) as build:
+        report = ingest_raw(cfg, build.path, build.previous)
+        if not report["changed"]:
+            summary = unchanged_summary(build.previous, report)
+        else:
+            splits = split_sequences(cfg, build.path)
+            validation = validate_tables(build.path, cfg.max_future_days)
+            summary = summarize(build.path, report, splits, validation)
+            publish_generation(build)
     print(f"prepare-data: {summary}")
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -94,6 +95,10 @@ class DataConfig(_Frozen):
     min_history: int = Field(3, ge=1, description="a target needs at least this many earlier items")
     split_ratios: tuple[float, float, float] = (0.96, 0.02, 0.02)
     max_future_days: float = Field(1.0, description="events later than now + this many days are quarantined")
+    min_time: dt.date | None = Field(
+        None, description="events before this date are quarantined (default 1995-01-01; generic sources: 1970-01-01)"
+    )
+    max_abs_rating: float = Field(1e9, gt=0, description="ratings beyond +-this are quarantined as absurd")
     max_line_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     memory_limit: str = "2GB"
     rebuild: bool = Field(False, description="discard earlier ingestion state and ingest every file again")
@@ -107,6 +112,14 @@ class DataConfig(_Frozen):
             raise ValueError("format 'generic' needs a source mapping (--source-config FILE)")
         if self.format != "generic" and self.source is not None:
             raise ValueError(f"a source mapping is only used with format 'generic', not {self.format!r}")
+        raw, out = Path(self.raw).resolve(), Path(self.out).resolve()
+        generations = out.parent / f"{out.name}.generations"
+        for path in (out, generations):
+            if path == raw or raw in path.parents:
+                raise ValueError(f"out {self.out} writes inside raw {self.raw} ({path}): the next run would ingest "
+                                 "its own outputs; choose an out folder outside raw")
+        if out in raw.parents:
+            raise ValueError(f"raw {self.raw} is inside out {self.out}: choose an out folder outside raw")
         return self
 
 
@@ -147,6 +160,7 @@ class TrainConfig(_Frozen):
     bf16: bool | Literal["auto"] = Field("auto", description="bf16 autocast; auto = where the hardware has native bf16")
     length_grouped: bool = True
     checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (the newest ones)")
     seed: int = 0
 
     @model_validator(mode="after")

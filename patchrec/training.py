@@ -13,6 +13,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,9 +36,9 @@ class StageResult:
     samples: int
     final_loss: float
     samples_per_s: float
-    losses: list[float]  # per optimizer step of this call
+    losses: list[float]  # per optimizer step of the whole run (restored from the checkpoint on a resume)
     compressed_share: list[float]  # per optimizer step: share of history items given as patches
-    first_step: int = 0  # global index of losses[0] (> 0 after a resume)
+    first_step: int = 0  # global index of losses[0] (always 0: a resume restores the earlier steps' records)
     lrs: list[float] = field(default_factory=list)  # learning rate used by each step
     step_samples_per_s: list[float] = field(default_factory=list)  # throughput of each step
 
@@ -118,8 +119,12 @@ def _trainable(model) -> dict[str, Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, extra: dict) -> None:
-    """Weights/adapter, optimizer, scheduler, RNG and data position, written to a temp dir then renamed."""
+def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, extra: dict, keep: int = 2) -> None:
+    """Weights/adapter, optimizer, scheduler, RNG and data position, written to a temp dir then renamed.
+
+    Only the newest `keep` complete checkpoints beside `path` are kept; the new one is complete before
+    any older one is removed.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -129,15 +134,21 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, extra: d
     (tmp / "COMPLETE").write_text(str(step))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+    done = sorted(_complete(path.parent), key=lambda p: int(p.name.split("_")[1]), reverse=True)
+    for old in done[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _complete(ckpt_dir: Path) -> list[Path]:
+    return [p for p in ckpt_dir.glob("step_*") if (p / "COMPLETE").is_file()] if ckpt_dir.is_dir() else []
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    done = [p for p in ckpt_dir.glob("step_*") if (p / "COMPLETE").is_file()] if ckpt_dir.is_dir() else []
-    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+    return max(_complete(ckpt_dir), key=lambda p: int(p.name.split("_")[1]), default=None)
 
 
 def load_trainable(model, path: Path) -> None:
-    state = torch.load(path, map_location=next(model.parameters()).device)
+    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
     missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
     if missing:
         raise ValueError(f"{path} lacks trainable tensors {missing[:3]} (different model or stage?)")
@@ -163,22 +174,22 @@ def train_stage(model, store: SequenceStore, catalog: CatalogTable, pieces: Prom
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _schedule(optimizer, int(cfg.warmup_ratio * total), total)
     start = 0
+    # per-step records of the whole run; a checkpoint carries them so that a resumed run reports all steps
+    run: dict[str, Any] = {"losses": [], "shares": [], "lrs": [], "speeds": [], "samples": 0, "seconds": 0.0}
     if (ck := latest_checkpoint(ckpt_dir)) is not None:
         load_trainable(model, ck / "trainable.pt")
-        state = torch.load(ck / "state.pt", map_location=dev, weights_only=False)
+        state = torch.load(ck / "state.pt", map_location=dev, weights_only=True)  # never unpickle code
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"].cpu())
         start = state["step"]
+        run = state["run"]
     if catalog.patches is None or cfg.finetune == "full":  # the table follows the (possibly resumed) embeddings
         with torch.no_grad():
             catalog.patches = item_patches(embed, catalog.title_ids, catalog.title_len)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.bf16))
-    shares: list[float] = []
-    losses: list[float] = []
-    lrs: list[float] = []
-    speeds: list[float] = []
-    loss_val, n_samples, t0 = float("nan"), 0, time.perf_counter()
+    shares, losses, lrs, speeds = run["shares"], run["losses"], run["lrs"], run["speeds"]
+    n_samples, t0, seconds0 = int(run["samples"]), time.perf_counter(), float(run["seconds"])
     stop = total if max_steps is None else min(total, max_steps)
     bar = None
     if progress and is_main:
@@ -212,15 +223,19 @@ def train_stage(model, store: SequenceStore, catalog: CatalogTable, pieces: Prom
         speeds.append((n_samples - step_n) / max(time.perf_counter() - step_t0, 1e-9))
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.3f}", samples_s=f"{n_samples / (time.perf_counter() - t0):.1f}")
+            bar.set_postfix(loss=f"{loss_val:.3f}", samples_s=f"{speeds[-1]:.1f}")
         done = step + 1
         if is_main and (done % cfg.checkpoint_every == 0 or done == stop):
-            save_checkpoint(ckpt_dir / f"step_{done}", model, optimizer, scheduler, done, {"loss": loss_val})
+            run.update(samples=n_samples, seconds=seconds0 + time.perf_counter() - t0)
+            save_checkpoint(ckpt_dir / f"step_{done}", model, optimizer, scheduler, done, {"run": run},
+                            keep=cfg.keep_checkpoints)
     if bar is not None:
         bar.close()
-    elapsed = time.perf_counter() - t0
-    result = StageResult(str(out_dir), stop, n_samples, loss_val, n_samples / elapsed if elapsed else 0.0, losses,
-                         shares, start, lrs, speeds)
+    elapsed = seconds0 + time.perf_counter() - t0
+    if not losses:
+        raise RuntimeError(f"{out_dir}: no training step was run (empty train split or max_steps=0)")
+    result = StageResult(str(out_dir), stop, n_samples, losses[-1], n_samples / elapsed if elapsed else 0.0, losses,
+                         shares, 0, lrs, speeds)
     if is_main:
         write_json(cfg.model_dump(mode="json"), out_dir / "config.json")
         write_json(result.to_dict(), out_dir / "meta.json")

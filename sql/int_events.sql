@@ -31,14 +31,16 @@ checked as (
             when stage_reason is not null then stage_reason
             when user_key is null then 'missing user id'
             when item_key is null then 'missing item id'
-            when $numeric_ids and try_cast(user_key as bigint) is null then 'user id is not an integer: ' || user_key
-            when $numeric_ids and try_cast(item_key as bigint) is null then 'item id is not an integer: ' || item_key
+            when $numeric_ids and not regexp_full_match(user_key, '[+-]?[0-9]{1,18}') then 'user id is not an integer: ' || user_key
+            when $numeric_ids and not regexp_full_match(item_key, '[+-]?[0-9]{1,18}') then 'item id is not an integer: ' || item_key
             when $has_time and ts_raw is null then 'missing timestamp'
             when $has_time and (ts is null or isnan(ts) or isinf(ts)) then 'timestamp is not a number: ' || ts_raw
             when $has_time and ts <= 0 then 'timestamp is zero or negative: ' || ts_raw
+            when $has_time and ts < $min_ts then 'timestamp is before ' || strftime(to_timestamp($min_ts), '%Y-%m-%d') || ': ' || ts_raw
             when $has_time and ts > $max_ts then 'timestamp is in the future: ' || ts_raw
             when rating_raw is not null and rating is null then 'rating is not a number: ' || rating_raw
             when isnan(rating) or isinf(rating) then 'rating is not finite: ' || rating_raw
+            when abs(rating) > $max_abs_rating then 'rating is out of range (beyond +-' || $max_abs_rating || '): ' || rating_raw
             when not in_catalog then 'item ' || item_key || ' is not in the catalog (missing or quarantined item row)'
         end as reason
     from typed

@@ -14,7 +14,13 @@ parsed as (
 ),
 
 checked as (
-    select line, coalesce(json_type(j) = 'OBJECT', false) as ok, j from parsed
+    select
+        line,
+        coalesce(json_type(j) = 'OBJECT', false) as ok,
+        json_type(coalesce(j -> 'reviewerID', j -> 'user_id')) as user_type,
+        json_type(coalesce(j -> 'parent_asin', j -> 'asin')) as item_type,
+        j
+    from parsed
 ),
 
 final as (
@@ -25,7 +31,11 @@ final as (
         case when j ->> 'unixReviewTime' is not null then 's' else 'ms' end as ts_unit,
         coalesce(j ->> 'overall', j ->> 'rating') as rating_raw,
         cast(null as varchar) as given_split,
-        case when not ok then 'line is not a JSON object: ' || left(line, 200) end as stage_reason,
+        case
+            when not ok then 'line is not a JSON object: ' || coalesce(nullif(left(line, 200), ''), 'empty line')
+            when user_type in ('OBJECT', 'ARRAY') then 'user id is a JSON ' || lower(user_type) || ', not a value'
+            when item_type in ('OBJECT', 'ARRAY') then 'item id is a JSON ' || lower(item_type) || ', not a value'
+        end as stage_reason,
         $source_file as source_file
     from checked
 )

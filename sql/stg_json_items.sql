@@ -12,7 +12,12 @@ parsed as (
 ),
 
 checked as (
-    select line, coalesce(json_type(j) = 'OBJECT', false) as ok, j from parsed
+    select
+        line,
+        coalesce(json_type(j) = 'OBJECT', false) as ok,
+        json_type(coalesce(j -> 'parent_asin', j -> 'asin')) as item_type,
+        j
+    from parsed
 ),
 
 final as (
@@ -21,7 +26,10 @@ final as (
         trim(coalesce(j ->> 'title', '')) as title,
         cast(null as integer) as year,
         nullif(trim(coalesce(j ->> 'main_category', j ->> 'brand', '')), '') as extra,
-        case when not ok then 'line is not a JSON object: ' || left(line, 200) end as stage_reason,
+        case
+            when not ok then 'line is not a JSON object: ' || coalesce(nullif(left(line, 200), ''), 'empty line')
+            when item_type in ('OBJECT', 'ARRAY') then 'item id is a JSON ' || lower(item_type) || ', not a value'
+        end as stage_reason,
         $source_file as source_file
     from checked
 )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +100,41 @@ def test_resume_equals_uninterrupted_run(data, tmp_path, finetune):
     for n, p in model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.detach(), straight[n], rtol=0, atol=0, msg=n)
+
+
+def test_rerun_after_the_last_checkpoint_reports_the_real_run(data, tmp_path):
+    """Killed after the last checkpoint but before meta.json: the re-run reports the whole run, not NaN/0."""
+    store = SequenceStore(data, max_history=20)
+    cfg = _cfg(checkpoint_every=2, keep_checkpoints=2)
+    model, pieces, catalog, new = _setup(data)
+    torch.manual_seed(0)
+    model = wrap_for_training(model, cfg, new)
+    first = train_stage(model, store, catalog, pieces, cfg, tmp_path, progress=False)
+    (tmp_path / "meta.json").unlink()
+    again = train_stage(model, store, catalog, pieces, cfg, tmp_path, progress=False)
+    assert again.final_loss == first.final_loss and np.isfinite(again.final_loss)
+    assert again.samples == first.samples == 48 and again.losses == first.losses
+    assert json.loads((tmp_path / "meta.json").read_text())["samples"] == 48
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_10", "step_12"]
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_not_executed(data, tmp_path):
+    import pickle
+
+    store = SequenceStore(data, max_history=20)
+    cfg = _cfg(max_samples=8)
+    model, pieces, catalog, new = _setup(data)
+    model = wrap_for_training(model, cfg, new)
+    train_stage(model, store, catalog, pieces, cfg, tmp_path, max_steps=1, progress=False)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    ck = latest_checkpoint(tmp_path / "checkpoints")
+    with open(ck / "state.pt", "wb") as fh:
+        pickle.dump({"step": 1, "evil": Evil()}, fh)
+    with pytest.raises(pickle.UnpicklingError):
+        train_stage(model, store, catalog, pieces, cfg, tmp_path, progress=False)
+    assert not marker.exists()

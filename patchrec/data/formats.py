@@ -33,8 +33,11 @@ class FileSpec:
     path: Path
     sql: str
     params: dict[str, Any] = field(default_factory=dict)
-    parse_rejects: bool = True  # the SQL reads with DuckDB's CSV reader and records rejected lines
+    parse_rejects: bool = True  # a text file read line by line: rejected lines recorded, physical lines counted
     encoding: str = "utf-8"
+    header: bool = False
+    quote: str = ""
+    empty_reason: str | None = "empty line"  # None: the SQL reads empty lines as rows and judges them itself
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Traits:
     numeric_ids: bool
     has_time: bool
     has_given_split: bool
+    windows: bool = False  # rows are windows of a sequence (history -> next item), see `windows`
 
 
 def format_traits(cfg: DataConfig) -> Traits:
@@ -49,7 +53,7 @@ def format_traits(cfg: DataConfig) -> Traits:
     if cfg.format == "patchrec-paper":
         return Traits(numeric_ids=True, has_time=False, has_given_split=True)
     if cfg.format == "recbole-benchmark":
-        return Traits(numeric_ids=False, has_time=False, has_given_split=True)
+        return Traits(numeric_ids=False, has_time=False, has_given_split=True, windows=True)
     if cfg.format in ("movielens-100k", "movielens-dat", "movielens-csv"):
         return Traits(numeric_ids=True, has_time=True, has_given_split=False)
     if cfg.format == "generic":
@@ -147,7 +151,7 @@ def _delimited(
         "encoding": encoding,
         **picks,
     }
-    return FileSpec(role, path, sql, params, parse_rejects=True, encoding=encoding)
+    return FileSpec(role, path, sql, params, parse_rejects=True, encoding=encoding, header=header, quote=quote)
 
 
 def _interactions(path: Path, user: str, item: str, time: str, rating: str | None, unit: str, **kw: Any) -> FileSpec:
@@ -202,7 +206,7 @@ def _amazon_json(raw: Path) -> list[FileSpec]:
     for path in files:
         role: Role = "items" if path.name.startswith("meta") else "interactions"
         sql = "stg_json_items" if role == "items" else "stg_json_interactions"
-        specs.append(FileSpec(role, path, sql, {"delimiter": "\x01"}, parse_rejects=True))
+        specs.append(FileSpec(role, path, sql, {"delimiter": "\x01"}, parse_rejects=True, empty_reason=None))
     if not files:
         raise SourceError(f"{raw}: no JSON-lines files ({', '.join(_JSON_SUFFIXES)})")
     return specs
@@ -254,7 +258,7 @@ def _recbole_benchmark(raw: Path) -> list[FileSpec]:
             raise SourceError(f"{path}: header lacks field(s) {missing} (has {cols})")
         specs.append(FileSpec("interactions", path, "stg_recbole_benchmark", {
             "columns": {c: "VARCHAR" for c in cols}, "user_col": fields["user_id"], "item_col": fields["item_id"],
-            "history_col": fields["item_id_list"], "split": split}))
+            "history_col": fields["item_id_list"], "split": split}, header=True))
     return specs + _recbole_items(raw)
 
 
@@ -267,8 +271,14 @@ def _patchrec_paper(raw: Path) -> list[FileSpec]:
 
 def _glob(raw: Path, table: TableSource, what: str) -> list[Path]:
     paths: list[Path] = []
+    inside = raw.resolve()
     for pattern in table.path:
+        if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+            raise SourceError(f"{what} path {pattern!r} leaves the raw folder {raw}: use a pattern relative to it")
         found = sorted(p for p in raw.glob(pattern) if p.is_file())
+        outside = [p for p in found if inside not in p.resolve().parents]
+        if outside:
+            raise SourceError(f"{what} file {outside[0]} resolves outside the raw folder {raw} (a link?)")
         if not found:
             raise SourceError(f"{raw / pattern}: no {what} file matches")
         paths += [p for p in found if p not in paths]

@@ -1,21 +1,24 @@
 """Ingestion: raw files -> staged Parquet (once per file) -> canonical tables + quarantine + report.
 
-Layout of an output folder:
+Layout of a generation folder (see `generations`):
   interactions.parquet  items.parquet  users.parquet  quarantine.parquet  ingest.json
-  _state/manifest.json            every ingested raw file: path, size, sha256, rows
-  _state/staged/<sha>.parquet     each raw file parsed to text columns, written once
-  _state/rejects/<sha>.parquet    lines the parser rejected, with line numbers and reasons
+  _state/manifest.json            every ingested raw file: path, size, sha256, data lines, rows
   _state/{user,item}_keys.parquet stable dense indices across nightly runs
-Each table is written atomically (temp file, then rename); ingest.json is written last.
+and of the cache shared by generations:
+  staged/<sha>.parquet            each raw file parsed to text columns, written once
+  rejects/<sha>.parquet           lines rejected before or by the parser, with line numbers and reasons
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import gzip
 import hashlib
 import json
 import logging
 import shutil
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,9 @@ import pyarrow.parquet as pq
 
 from patchrec.config import DataConfig
 from patchrec.data.formats import FileSpec, SourceError, format_traits, plan_files
+from patchrec.data.generations import cache_dir
+from patchrec.data.lines import LineScan, original_line, scan_lines, without_lines
+from patchrec.data.windows import rebuild_windows
 from patchrec.io import atomic_path, file_digest, read_json, write_json, write_parquet
 from patchrec.sql import connect, relation
 
@@ -48,10 +54,15 @@ class ManifestError(IngestError):
 
 @dataclass
 class IngestReport:
-    """Counts of one ingestion; rows_read = accepted + quarantined + deduplicated + filtered."""
+    """Counts of one ingestion; rows_read = accepted + quarantined + deduplicated + filtered.
+
+    lines_read counts the physical data lines of the interaction files; it equals rows_read except for
+    window formats (recbole-benchmark), whose rows are the interactions the windows describe.
+    """
 
     format: str
     rows_read: int = 0
+    lines_read: int = 0
     rows_accepted: int = 0
     rows_quarantined: int = 0
     rows_deduplicated: int = 0
@@ -74,8 +85,8 @@ class IngestReport:
 
 
 def _fingerprint(cfg: DataConfig) -> str:
-    keys = ("format", "min_rating", "kcore", "max_line_bytes", "source")
-    blob = json.dumps(cfg.model_dump(mode="json", include=set(keys)), sort_keys=True)
+    """Hash of every setting that changes a prepared generation (not where it is read from or written to)."""
+    blob = json.dumps(cfg.model_dump(mode="json", exclude={"raw", "out", "rebuild", "memory_limit"}), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -83,30 +94,62 @@ def _rel(spec: FileSpec, raw: Path) -> str:
     return spec.path.relative_to(raw).as_posix()
 
 
-def _stage(spec: FileSpec, cfg: DataConfig, staged: Path, rejects: Path) -> tuple[int, int]:
-    """Parse one raw file into `staged`; rejected lines into `rejects`. Returns (rows, rejected lines)."""
+def _stage(spec: FileSpec, cfg: DataConfig, cache: Path, sha: str, work: Path) -> dict[str, int]:
+    """Parse one raw file into `cache/staged/<sha>.parquet`, its rejected lines into `cache/rejects/<sha>.parquet`.
+
+    Returns:
+        {"rows": staged rows + rejected lines, "lines": physical data lines (text files), "rows_rejected": ...}.
+    """
+    staged, rejects = cache / "staged" / f"{sha}.parquet", cache / "rejects" / f"{sha}.parquet"
     if spec.path.stat().st_size == 0:
         raise SourceError(f"{spec.path}: file is empty")
     name = _rel(spec, Path(cfg.raw))
-    params = dict(spec.params, path=str(spec.path), source_file=name)
+    scan = None
+    source = spec.path
+    if spec.parse_rejects:
+        try:
+            scan = scan_lines(spec.path, header=spec.header, quote=spec.quote, encoding=spec.encoding,
+                              empty_reason=spec.empty_reason)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise IngestError(f"cannot read {spec.path} as {cfg.format} ({spec.role}): {exc}") from exc
+        if scan.data_lines == 0:
+            raise SourceError(f"{spec.path}: no data lines{' after the header' if spec.header else ''}")
+        if scan.unterminated:
+            source = without_lines(spec.path, scan.unterminated, work / f"{sha}.cleaned", spec.encoding)
+    params = dict(spec.params, path=str(source), source_file=name)
     if spec.parse_rejects:
         params["max_line_bytes"] = cfg.max_line_bytes
-    con = connect(cfg.memory_limit, temp_dir=staged.parent.parent / "spill")
+    con = connect(cfg.memory_limit, temp_dir=cache / "spill")
     try:
         write_parquet(relation(con, spec.sql, **params), staged, _SCRATCH)
-        if spec.parse_rejects:
-            rej = relation(con, "stg_parse_rejects", source_file=name, max_line_bytes=cfg.max_line_bytes,
-                           encoding=spec.encoding)
-            write_parquet(rej, rejects)
-        else:
-            with atomic_path(rejects) as tmp:
-                pq.write_table(_REJECT_SCHEMA.empty_table(), tmp)
+        parsed = (relation(con, "stg_parse_rejects", source_file=name, max_line_bytes=cfg.max_line_bytes,
+                           encoding=spec.encoding).to_arrow_table() if spec.parse_rejects else _REJECT_SCHEMA.empty_table())
     except duckdb.Error as exc:
         msg = str(exc).strip().splitlines()[0]
         raise IngestError(f"cannot read {spec.path} as {cfg.format} ({spec.role}): {msg}") from exc
     finally:
         con.close()
-    return pq.read_metadata(staged).num_rows, pq.read_metadata(rejects).num_rows
+    table = _rejects(parsed, scan, name)
+    with atomic_path(rejects) as tmp:
+        pq.write_table(table, tmp)
+    rows = pq.read_metadata(staged).num_rows + table.num_rows
+    if scan is not None and rows != scan.data_lines:
+        raise IngestError(f"{spec.path}: the parser accounted for {rows} of its {scan.data_lines} data lines "
+                          f"(staged {rows - table.num_rows}, rejected {table.num_rows}); refusing to lose rows")
+    return {"rows": rows, "lines": scan.data_lines if scan else rows, "rows_rejected": table.num_rows}
+
+
+def _rejects(parsed: pa.Table, scan: LineScan | None, name: str) -> pa.Table:
+    """The parser's rejected lines (renumbered to the original file) plus the lines rejected by the scan."""
+    parsed = parsed.select(_REJECT_SCHEMA.names).cast(_REJECT_SCHEMA)
+    if scan is None:
+        return parsed
+    lines = [original_line(n, scan.unterminated) for n in parsed.column("line").to_pylist()]
+    parsed = parsed.set_column(1, "line", pa.array(lines, pa.int64()))
+    early = pa.table({"source_file": [name] * len(scan.rejects), "line": [r[0] for r in scan.rejects],
+                      "reason": [r[1] for r in scan.rejects], "raw": [r[2] for r in scan.rejects]},
+                     schema=_REJECT_SCHEMA)
+    return pa.concat_tables([parsed, early]).sort_by("line")
 
 
 def _empty_keys(path: Path) -> None:
@@ -115,8 +158,12 @@ def _empty_keys(path: Path) -> None:
             pq.write_table(_KEY_SCHEMA.empty_table(), tmp)
 
 
-def ingest(cfg: DataConfig, progress: bool = False) -> IngestReport:
-    """Ingest `cfg.raw` into `cfg.out`: new raw files are staged once, then the tables are rebuilt.
+def ingest(cfg: DataConfig, folder: Path, previous: Path | None, progress: bool = False) -> IngestReport:
+    """Ingest `cfg.raw` into the new generation `folder`, starting from the `previous` generation's state.
+
+    New raw files are parsed once into the shared cache; the tables are rebuilt from every staged file.
+    When no raw file is new and the settings are those of `previous`, nothing is built and the report
+    says `changed=False`.
 
     Raises:
         SourceError: a missing folder or file, an empty file, a missing column.
@@ -124,13 +171,12 @@ def ingest(cfg: DataConfig, progress: bool = False) -> IngestReport:
         IngestError: an unreadable file (e.g. truncated gzip), or counts that do not add up.
     """
     t0 = time.perf_counter()
-    raw, out = Path(cfg.raw), Path(cfg.out)
-    state = out / "_state"
-    if cfg.rebuild and state.exists():
-        shutil.rmtree(state)
+    raw, folder = Path(cfg.raw), Path(folder)
+    cache = cache_dir(cfg.out)
+    old_state = None if (cfg.rebuild or previous is None) else previous / "_state"
     specs = plan_files(cfg)
-    manifest_path = state / "manifest.json"
-    manifest: dict[str, dict[str, Any]] = read_json(manifest_path)["files"] if manifest_path.exists() else {}
+    manifest: dict[str, dict[str, Any]] = (read_json(old_state / "manifest.json")["files"]
+                                           if old_state and (old_state / "manifest.json").exists() else {})
     report = IngestReport(format=cfg.format, config_fingerprint=_fingerprint(cfg))
 
     current = {_rel(s, raw): s for s in specs}
@@ -139,7 +185,7 @@ def ingest(cfg: DataConfig, progress: bool = False) -> IngestReport:
     if changed:
         details = "; ".join(f"{n}: sha256 {manifest[n]['sha256'][:12]}… -> {digests[n][1][:12]}…" for n in changed)
         raise ManifestError(
-            f"raw file(s) changed since they were ingested into {out}: {details}. "
+            f"raw file(s) changed since they were ingested into {cfg.out}: {details}. "
             "Ingesting them again would double count; move new data to new files, or run with --rebuild."
         )
     new = [n for n in current if n not in manifest]
@@ -148,45 +194,57 @@ def ingest(cfg: DataConfig, progress: bool = False) -> IngestReport:
     for name in report.files_removed:
         log.warning("raw file %s was ingested earlier and is gone; its %s rows are kept", name,
                     manifest[name]["rows"])
+        if not (cache / "staged" / f"{manifest[name]['sha256']}.parquet").exists():
+            raise IngestError(f"raw file {name} is gone and its staged copy in {cache} too: run with --rebuild")
 
-    previous = out / "ingest.json"
-    if not new and previous.exists() and all((out / f"{t}.parquet").exists() for t in TABLES):
-        old = read_json(previous)
+    if not new and previous is not None and old_state is not None:
+        old = read_json(previous / "ingest.json")
         if old.get("config_fingerprint") == report.config_fingerprint:
             old.update(changed=False, files_new=[], files_removed=report.files_removed)
             return IngestReport(**old)
 
-    for i, name in enumerate(new):
+    work = folder / "_state" / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    restage = [n for n in current if n in manifest and not (cache / "staged" / f"{digests[n][1]}.parquet").exists()]
+    todo = new + restage + [n for n in current if cfg.rebuild and n not in new]
+    for i, name in enumerate(todo):
         spec = current[name]
         sha = digests[name][1]
         if progress:
-            print(f"  staging [{i + 1}/{len(new)}] {name}", flush=True)
-        rows, rejected = _stage(spec, cfg, state / "staged" / f"{sha}.parquet", state / "rejects" / f"{sha}.parquet")
-        manifest[name] = {"role": spec.role, "size": digests[name][0], "sha256": sha, "rows": rows + rejected,
-                          "rows_rejected": rejected, "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            print(f"  staging [{i + 1}/{len(todo)}] {name}", flush=True)
+        counts = _stage(spec, cfg, cache, sha, work)
+        manifest[name] = {"role": spec.role, "size": digests[name][0], "sha256": sha, **counts,
+                          "ingested_at": manifest.get(name, {}).get("ingested_at")
+                          or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
-    _build(cfg, manifest, state, out, report)
-    write_json({"files": manifest}, manifest_path)
+    if old_state is not None:
+        for keys in ("user_keys.parquet", "item_keys.parquet"):
+            if (old_state / keys).exists():
+                shutil.copyfile(old_state / keys, folder / "_state" / keys)
+    _build(cfg, manifest, cache, folder, report)
+    write_json({"files": manifest}, folder / "_state" / "manifest.json")
     report.seconds = round(time.perf_counter() - t0, 3)
-    write_json(report.to_dict(), previous)
+    write_json(report.to_dict(), folder / "ingest.json")
     return report
 
 
-def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], state: Path, out: Path, report: IngestReport) -> None:
-    """Rebuild the canonical tables from every staged file."""
+def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path, out: Path, report: IngestReport) -> None:
+    """Rebuild the canonical tables in `out` from every staged file."""
     traits = format_traits(cfg)
+    state = out / "_state"
     work = state / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
 
     def staged(role: str) -> list[str]:
-        return [str(state / "staged" / f"{m['sha256']}.parquet") for m in manifest.values() if m["role"] == role]
+        return [str(cache / "staged" / f"{m['sha256']}.parquet") for m in manifest.values() if m["role"] == role]
 
-    rejects = [str(state / "rejects" / f"{m['sha256']}.parquet") for m in manifest.values()]
-    con = connect(cfg.memory_limit, temp_dir=state / "spill")
+    rejects = [str(cache / "rejects" / f"{m['sha256']}.parquet") for m in manifest.values()]
+    con = connect(cfg.memory_limit, temp_dir=cache / "spill")
     try:
         catalog = write_parquet(relation(con, "int_catalog", staged=staged("items")), work / "catalog.parquet", _SCRATCH)
         interactions = staged("interactions")
+        if traits.windows:
+            interactions = [str(rebuild_windows([Path(p) for p in interactions], work / "windows.parquet"))]
         if keymaps := staged("item_map"):
             interactions = [
                 str(write_parquet(relation(con, "int_remap_items", path=p, keymap=keymaps), work / f"mapped{i}.parquet", _SCRATCH))
@@ -194,8 +252,8 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], state: Path, ou
             ]
         events = write_parquet(
             relation(con, "int_events", staged=interactions, catalog=str(catalog), numeric_ids=traits.numeric_ids,
-                     has_time=traits.has_time, max_ts=time.time() + cfg.max_future_days * 86400.0,
-                     min_rating=cfg.min_rating),
+                     has_time=traits.has_time, min_ts=_min_ts(cfg), max_ts=time.time() + cfg.max_future_days * 86400.0,
+                     min_rating=cfg.min_rating, max_abs_rating=cfg.max_abs_rating),
             work / "events.parquet", _SCRATCH,
         )
         ev = dict(relation(con, "report_status_counts", path=str(events)).fetchall())
@@ -222,7 +280,8 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], state: Path, ou
 
     parse_rejected = {role: sum(m["rows_rejected"] for m in manifest.values() if m["role"] == role)
                       for role in ("interactions", "items")}
-    report.rows_read = sum(m["rows"] for m in manifest.values() if m["role"] == "interactions")
+    report.lines_read = sum(m.get("lines", m["rows"]) for m in manifest.values() if m["role"] == "interactions")
+    report.rows_read = sum(ev.values()) + parse_rejected["interactions"]
     report.rows_quarantined = ev.get("quarantined", 0) + parse_rejected["interactions"]
     report.rows_deduplicated = ev.get("duplicate", 0)
     report.rows_filtered_rating = ev.get("filtered_rating", 0)
@@ -236,9 +295,18 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], state: Path, ou
     accounted = report.rows_accepted + report.rows_quarantined + report.rows_deduplicated + report.rows_filtered
     if accounted != report.rows_read:
         raise IngestError(f"counts do not add up: read {report.rows_read}, accounted for {accounted} ({report.to_dict()})")
+    if not traits.windows and report.rows_read != report.lines_read:
+        raise IngestError(f"counts do not add up: {report.lines_read} data lines read, {report.rows_read} rows checked")
     if report.rows_read and report.interactions == 0:
         raise IngestError(f"no interaction survived ingestion of {cfg.raw}; see {out / 'quarantine.parquet'}")
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _min_ts(cfg: DataConfig) -> float:
+    """Earliest accepted event time (epoch seconds): the configured bound, else 1995-01-01 for the built-in
+    formats and 1970-01-01 (exclusive) for a generic source."""
+    bound = cfg.min_time or (None if cfg.format == "generic" else dt.date(1995, 1, 1))
+    return 0.0 if bound is None else dt.datetime.combine(bound, dt.time(), tzinfo=dt.UTC).timestamp()
 
 
 def _kcore(con: duckdb.DuckDBPyConnection, events: Path, n_kept: int, k: int, work: Path) -> tuple[Path, int]:

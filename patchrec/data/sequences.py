@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from patchrec.config import DataConfig
 from patchrec.data.formats import format_traits
+from patchrec.data.generations import cache_dir
 from patchrec.io import read_json, write_json, write_parquet
 from patchrec.sql import connect, relation
 
@@ -37,17 +38,28 @@ class SplitReport:
 
 
 def resolve_protocol(cfg: DataConfig) -> str:
-    """`auto` means the source's own split when it carries one, else the paper protocol."""
+    """`auto` means the source's own split when it carries one, else the paper protocol.
+
+    The paper protocol orders all events by time; a source without timestamps has no such order. For the
+    paper's own processed files the split they carry *is* the paper protocol, so it is used; any other
+    source without timestamps is refused rather than split by an invented order.
+    """
+    traits = format_traits(cfg)
+    if cfg.protocol == "given" and not traits.has_given_split:
+        raise ValueError(f"protocol 'given' needs a source that carries a split; {cfg.format!r} does not")
+    if cfg.protocol == "paper" and not traits.has_time:
+        if cfg.format == "patchrec-paper":
+            return "given"
+        raise ValueError(f"protocol 'paper' splits by event time, and {cfg.format!r} has no timestamps; "
+                         "use --protocol given (the split the source carries) or --protocol loo")
     if cfg.protocol != "auto":
-        if cfg.protocol == "given" and not format_traits(cfg).has_given_split:
-            raise ValueError(f"protocol 'given' needs a source that carries a split; {cfg.format!r} does not")
         return cfg.protocol
-    return "given" if format_traits(cfg).has_given_split else "paper"
+    return "given" if traits.has_given_split else "paper"
 
 
-def build_splits(cfg: DataConfig) -> SplitReport:
-    """Write `sequences.parquet`, `samples.parquet` and `splits.json` from `interactions.parquet`."""
-    out = Path(cfg.out)
+def build_splits(cfg: DataConfig, out: Path) -> SplitReport:
+    """Write `sequences.parquet`, `samples.parquet` and `splits.json` in `out` from its `interactions.parquet`."""
+    out = Path(out)
     interactions = out / "interactions.parquet"
     if not interactions.exists():
         raise FileNotFoundError(f"{interactions} does not exist: run ingestion first")
@@ -55,7 +67,7 @@ def build_splits(cfg: DataConfig) -> SplitReport:
     params: dict[str, Any] = {"interactions": str(interactions), "min_history": cfg.min_history}
     if protocol == "paper":
         params.update(train_ratio=cfg.split_ratios[0], val_ratio=cfg.split_ratios[1])
-    con = connect(cfg.memory_limit, temp_dir=out / "_state" / "spill")
+    con = connect(cfg.memory_limit, temp_dir=cache_dir(cfg.out) / "spill")
     try:
         write_parquet(relation(con, "int_sequences", interactions=str(interactions)), out / "sequences.parquet")
         samples = write_parquet(relation(con, f"split_{protocol}", **params), out / "samples.parquet")

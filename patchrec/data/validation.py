@@ -30,10 +30,15 @@ class TableResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _suites(tables: dict[str, pd.DataFrame], max_time: dt.datetime) -> dict[str, list[Any]]:
+def gx_expectations() -> Any:
+    """The Great Expectations expectation classes (imported on first use: the import takes seconds)."""
     import great_expectations as gx
 
-    E = gx.expectations
+    return gx.expectations
+
+
+def _suites(tables: dict[str, pd.DataFrame], max_time: dt.datetime) -> dict[str, list[Any]]:
+    E = gx_expectations()
     inter, items, users = tables["interactions"], tables["items"], tables["users"]
     suites: dict[str, list[Any]] = {
         "interactions": [

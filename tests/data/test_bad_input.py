@@ -53,7 +53,7 @@ def test_bad_row_is_quarantined_with_reason(ml100k_dir, prepare, tmp_path, line,
 
 def test_invalid_utf8_and_10mb_line_are_quarantined_by_line(tmp_path, prepare):
     raw = tmp_path / "mlcsv"
-    rows = "".join(f"{u},{i},5,{2000 + 10 * u + i}\n" for u in (1, 2) for i in (10, 20, 30, 40))
+    rows = "".join(f"{u},{i},5,{1_000_000_000 + 10 * u + i}\n" for u in (1, 2) for i in (10, 20, 30, 40))
     body = ("userId,movieId,rating,timestamp\n" + rows).encode() + b"3,10,5,\xff\xfe\n" + b"3,10,5," + b"9" * 10_000_000 + b"\n"
     write(raw / "ratings.csv", body)
     write(raw / "movies.csv", "movieId,title,genres\n10,A (1990),x\n20,B (1991),x\n30,C (1992),x\n40,D (1993),x\n")

@@ -30,7 +30,7 @@ def test_movielens_100k_titles_years_and_indices(ml100k_dir, prepare, tmp_path):
 
 def test_movielens_dat_double_colon(tmp_path, prepare):
     raw = tmp_path / "ml1m"
-    write(raw / "ratings.dat", "".join(f"{u}::{i}::5::{1000 + 10 * u + i}\n" for u in (1, 2) for i in (1, 2, 3, 4, 5)))
+    write(raw / "ratings.dat", "".join(f"{u}::{i}::5::{1_000_000_000 + 10 * u + i}\n" for u in (1, 2) for i in (1, 2, 3, 4, 5)))
     write(raw / "movies.dat", "".join(f"{i}::Title {i}: Part {i} (2000)::Drama|Comedy\n" for i in range(1, 6)),
           encoding="latin-1")
     s = prepare("movielens-dat", raw)
@@ -42,7 +42,7 @@ def test_movielens_dat_double_colon(tmp_path, prepare):
 def test_movielens_csv_quoted_titles(tmp_path, prepare):
     raw = tmp_path / "mlcsv"
     write(raw / "ratings.csv", "userId,movieId,rating,timestamp\n" +
-          "".join(f"{u},{i},4.5,{2000 + 10 * u + i}\n" for u in (1, 2) for i in (10, 20, 30, 40)))
+          "".join(f"{u},{i},4.5,{1_000_000_000 + 10 * u + i}\n" for u in (1, 2) for i in (10, 20, 30, 40)))
     write(raw / "movies.csv", 'movieId,title,genres\n10,"American President, The (1995)",Comedy\n'
           '20,Heat (1995),Action\n30,"Seven (a.k.a. Se7en) (1995)",Thriller\n40,Plain (2001),Drama\n')
     s = prepare("movielens-csv", raw, min_rating=4.0)
@@ -72,7 +72,7 @@ def test_amazon_json_2014_2023_and_gzip(tmp_path, prepare):
 def test_recbole_atomic_files(tmp_path, prepare):
     raw = tmp_path / "recbole"
     write(raw / "ml.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" +
-          "".join(f"{u}\t{i}\t4\t{100 + 10 * u + i}\n" for u in (1, 2, 3) for i in (1, 2, 3, 4)))
+          "".join(f"{u}\t{i}\t4\t{1_000_000_000 + 10 * u + i}\n" for u in (1, 2, 3) for i in (1, 2, 3, 4)))
     write(raw / "ml.item", "item_id:token\tmovie_title:token_seq\trelease_year:token\n" +
           "".join(f"{i}\tFilm number {i}\t1999\n" for i in (1, 2, 3, 4)))
     s = prepare("recbole", raw, protocol="loo")

@@ -1,0 +1,92 @@
+"""Physical lines of a raw text file, counted independently of the CSV parser.
+
+rows_read counts every physical line after the header, so a parser that stops early or merges lines
+is caught by the count identity instead of losing rows silently. Lines the parser would mishandle are
+found here first: an empty line (the CSV reader skips it) and a line with an unterminated quote (the
+CSV reader would read every later line as part of one quoted field). Both become reject rows; the
+unterminated ones are also removed from the copy the parser reads. A record must be one physical line.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gzip
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from patchrec.io import atomic_path
+
+__all__ = ["LineScan", "scan_lines", "without_lines", "original_line"]
+
+RAW_CHARS = 1000  # a reject row keeps at most this much of the raw line
+
+
+@dataclass
+class LineScan:
+    """What a file holds, line by line: data lines (after the header) and the lines rejected up front."""
+
+    data_lines: int = 0
+    rejects: list[tuple[int, str, str]] = field(default_factory=list)  # (line number, reason, raw text)
+    unterminated: list[int] = field(default_factory=list)  # line numbers, ascending
+
+
+def _open(path: Path, encoding: str) -> IO[bytes] | IO[str]:
+    raw = gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+    if encoding.startswith("utf-16"):  # newlines are two bytes: read as text
+        return io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline="")
+    return raw
+
+
+def _lines(path: Path, encoding: str) -> Iterator[tuple[int, bytes | str]]:
+    with _open(path, encoding) as fh:
+        yield from enumerate(fh, start=1)
+
+
+def scan_lines(path: Path, *, header: bool, quote: str, encoding: str, empty_reason: str | None = "empty line") -> LineScan:
+    """Count the data lines of `path` and find empty lines and lines with an odd number of `quote` characters.
+
+    Args:
+        path: a text file, plain or .gz.
+        header: the first line is a header, not data.
+        quote: the quote character ("" when the format has none: nothing is unterminated).
+        encoding: the file's text encoding.
+        empty_reason: the reason recorded for an empty line (None: the parser reads empty lines as rows).
+    """
+    scan = LineScan()
+    text_mode = encoding.startswith("utf-16")
+    q: bytes | str = quote if text_mode else quote.encode()
+    eol: bytes | str = "\r\n" if text_mode else b"\r\n"
+    for no, line in _lines(path, encoding):
+        if header and no == 1:
+            continue
+        scan.data_lines += 1
+        body = line.rstrip(eol)  # type: ignore[arg-type]
+        if not body:
+            if empty_reason is not None:
+                scan.rejects.append((no, empty_reason, ""))
+        elif quote and body.count(q) % 2 == 1:  # type: ignore[arg-type]
+            scan.unterminated.append(no)
+            text = body if isinstance(body, str) else body.decode(encoding, errors="replace")
+            scan.rejects.append((no, f"unterminated {quote} quote (a record must be one line)", text[:RAW_CHARS]))
+    return scan
+
+
+def without_lines(path: Path, drop: list[int], target: Path, encoding: str) -> Path:
+    """Copy `path` (decompressed) to `target` without the given line numbers; atomically."""
+    skip = set(drop)
+    text_mode = encoding.startswith("utf-16")
+    with atomic_path(target) as tmp:
+        with open(tmp, "w", encoding=encoding, newline="") if text_mode else open(tmp, "wb") as out:
+            for no, line in _lines(path, encoding):
+                if no not in skip:
+                    out.write(line)  # type: ignore[arg-type]
+    return target
+
+
+def original_line(line: int, dropped: list[int]) -> int:
+    """Line number in the original file of `line` in a copy that lacks the (ascending) `dropped` lines."""
+    shifted = [d - i for i, d in enumerate(dropped)]  # where each dropped line sat in the copy's numbering
+    return line + bisect.bisect_right(shifted, line)
