@@ -34,7 +34,7 @@ help:
 	@echo "make run        # prefect deployment run patchrec/full-pipeline (after make up)"
 	@echo "make nightly    # prefect deployment run patchrec/nightly-retrain (it is also scheduled at 02:00 UTC)"
 	@echo "make mlflow-ui  # MLflow UI on http://127.0.0.1:5000 (runs, plots, registered models)"
-	@echo "make serve      # mlflow models serve models:/patchrec-$(DATASET)@champion on 127.0.0.1:$(SERVE_PORT)"
+	@echo "make serve      # patchrec serve models:/patchrec-$(DATASET)@champion on 127.0.0.1:$(SERVE_PORT) (MLflow scoring server + limits)"
 
 venv: $(STAMP)
 
@@ -71,7 +71,7 @@ mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_URI)" --registry-store-uri "$(MLFLOW_URI)" --host 127.0.0.1 --port 5000
 
 serve: $(STAMP)
-	MLFLOW_TRACKING_URI="$(MLFLOW_URI)" $(VENV)/bin/mlflow models serve -m "models:/patchrec-$(DATASET)@champion" --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+	MLFLOW_TRACKING_URI="$(MLFLOW_URI)" $(PY) -m patchrec.cli serve --model "models:/patchrec-$(DATASET)@champion" --host 127.0.0.1 --port $(SERVE_PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -142,6 +142,7 @@ def _use_registry(state: Path | None) -> None:
 def _cmd_model(args: argparse.Namespace) -> int:
     from patchrec import registry
 
+    registry.check_name(args.name)
     _use_registry(args.state)
     if args.action == "list":
         rows = registry.versions(args.name)
@@ -160,6 +161,15 @@ def _cmd_model(args: argparse.Namespace) -> int:
             raise ValueError("promote needs --version")
         registry.promote(args.name, args.version, "promoted by hand")
         print(f"{args.name}: champion -> v{args.version}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from patchrec.serving import serve
+
+    _use_registry(args.state)
+    print(f"serving {args.model} on http://{args.host}:{args.port} (POST /invocations, GET /ping)", flush=True)
+    serve(args.model, host=args.host, port=args.port)
     return 0
 
 
@@ -320,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--state", type=Path, help=state_help)
     rc.set_defaults(func=_cmd_recommend)
 
+    se = top.add_parser("serve", help="serve a registered model over HTTP (MLflow's scoring server + request limits)")
+    se.add_argument("--model", default="models:/patchrec-ml-100k@champion", help="an MLflow model URI")
+    se.add_argument("--host", default="127.0.0.1")
+    se.add_argument("--port", type=int, default=5001)
+    se.add_argument("--state", type=Path, help=state_help)
+    se.set_defaults(func=_cmd_serve)
+
     sv = top.add_parser("services", help="local Prefect server + work pool + deployments + worker (by PID files)")
     sv.add_argument("action", choices=["up", "down", "status"])
     sv.add_argument("--port", type=int, default=4200)
@@ -347,6 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, IngestError, ValidationFailed, FileNotFoundError, ValueError, ValidationError, RuntimeError,
             TimeoutError) as exc:
         print(f"patchrec: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. PermissionError: one line naming the path, not a stack trace
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"patchrec: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if type(exc).__name__ != "MlflowException":
+            raise
+        print(f"patchrec: error: MLflow: {exc.message.splitlines()[0][:500]}", file=sys.stderr)  # type: ignore[attr-defined]
         return 2
 
 

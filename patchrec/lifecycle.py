@@ -48,7 +48,7 @@ def close_run(cfg: PipelineConfig, run_id: str, ok: bool, result: Record | None 
 
 def record_data(cfg: PipelineConfig, summary: Record, parent: str | None = None) -> Record:
     """Fingerprint the prepared tables; log counts, the validation summary and the dataset to MLflow."""
-    out = cfg.data.out
+    out = cfg.data.out.resolve()  # the published generation: later stages read it even after a newer one is published
     fp = data_fingerprint(out)
     with tracking.stage_run(cfg.state_dir, _experiment(cfg), "prepare-data", parent,
                             tags={"patchrec.fingerprint": fp}):
@@ -184,7 +184,8 @@ def _bundle(cfg: PipelineConfig, data: Record, cat: Record, run: Record, fp: str
 
     return write_bundle(Path(run["dir"]), Path(data["dir"]), Path(cat["dir"]), cfg.runs_dir / f"bundle-{fp}",
                         max_history=cfg.registry.max_history, num_beams=cfg.test.num_beams,
-                        length_penalty=cfg.test.length_penalty)
+                        length_penalty=cfg.test.length_penalty, max_rows=cfg.registry.max_rows,
+                        max_request_bytes=cfg.registry.max_request_bytes)
 
 
 def example_history(data_dir: Path, n: int = 5) -> list[str]:

@@ -30,11 +30,14 @@ class RegistryConfig(BaseModel):
     """How a new model version is named and when it replaces the champion."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    name: str | None = Field(None, description="registered model name; default patchrec-<dataset>")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+                             description="registered model name (also a folder name); default patchrec-<dataset>")
     metric: str = Field("ndcg_10", pattern=r"^((masked_)?(user_)?(hr|ndcg)_(1|5|10|20)|paper_lenient_hr_(5|10|20))$",
                         description="validation metric compared for promotion (higher is better), e.g. ndcg_10")
     margin: float = Field(0.0, description="promote when challenger >= champion + margin")
     max_history: int = Field(200, ge=1, description="longest history the served model accepts")
+    max_rows: int = Field(64, ge=1, description="histories per request the served model accepts")
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="request body size `patchrec serve` accepts")
 
 
 class PipelineConfig(BaseModel):
@@ -42,7 +45,7 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     profile: str
-    dataset: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
     state_dir: Path
     data: DataConfig
     model: ModelConfig

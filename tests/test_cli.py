@@ -44,3 +44,23 @@ def test_missing_path_is_one_line_error(tmp_path, capsys):
                  str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_unreadable_file_is_one_line_error(ml100k_dir, tmp_path, capsys, monkeypatch):
+    import os
+
+    target = ml100k_dir / "u.data"
+    if os.geteuid() == 0:  # root reads anything: make the read fail as it does for other users
+        import patchrec.data.ingest as ingest
+
+        def denied(path, *a, **k):
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(ingest, "file_digest", denied)
+    else:
+        target.chmod(0)
+    code = main(["data", "prepare", "--format", "movielens-100k", "--raw", str(ml100k_dir), "--out",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Permission denied" in err and "u.data" in err
+    assert "Traceback" not in err

@@ -137,4 +137,8 @@ def building(out: Path) -> Iterator[Build]:
             shutil.rmtree(stale, ignore_errors=True)
         build = Build(out, base / f"build-{_new_id()}", previous)
         build.path.mkdir()
-        yield build
+        try:
+            yield build
+        finally:
+            if not build.published and not any(build.path.iterdir()):
+                build.path.rmdir()  # nothing was built (unchanged input)

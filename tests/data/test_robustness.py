@@ -159,3 +159,12 @@ def test_legacy_folder_is_adopted_and_foreign_folder_refused(tmp_path, prepare, 
     with pytest.raises(SourceError, match="is not a prepared folder"):
         prepare("movielens-100k", ml100k_dir, out=foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_truncated_last_line_is_quarantined(ml100k_dir, prepare, tmp_path):
+    text = (ml100k_dir / "u.data").read_text()
+    write(ml100k_dir / "u.data", text + "8\t16\t5\t88")  # cut off mid-write: no newline, a 1970 timestamp
+    s = prepare("movielens-100k", ml100k_dir)
+    q = pd.read_parquet(tmp_path / "out" / "quarantine.parquet")
+    assert s["rows_read"] == 37 and s["rows_quarantined"] == 1
+    assert q.reason.tolist() == ["timestamp is before 1995-01-01: 88"]

@@ -28,3 +28,14 @@ def test_lifecycle_errors_are_one_line(tiny_state, capsys):
     assert "no registered model named 'patchrec-none'" in capsys.readouterr().err
     assert main(["pipeline", "full", "--profile", "tiny", "--set", "pft.lrr=1", "--state", str(state)]) == 2
     assert "pft.lrr" in capsys.readouterr().err
+
+
+def test_hostile_model_names_are_refused_in_one_line(tiny_state, capsys):
+    state, _ = tiny_state
+    for name in ("a'b", "../../../tmp/evil", ".hidden", "x" * 200):
+        assert main(["model", "list", "--name", name, "--state", str(state)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "invalid model name" in err and "Traceback" not in err
+    assert main(["pipeline", "nightly", "--profile", "tiny", "--set", "registry.name=../../../tmp/evil",
+                 "--state", str(state)]) == 2
+    assert "registry.name" in capsys.readouterr().err

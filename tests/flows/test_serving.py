@@ -1,4 +1,5 @@
-"""`mlflow models serve` of the champion on 127.0.0.1: recommendations, 400s with clear messages, still serving."""
+"""`patchrec serve` (MLflow's scoring server + limits) of the champion on 127.0.0.1: recommendations, 400s with
+clear and short messages, 413 for an oversized body before it is parsed, still serving."""
 
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ def server(tiny_state):
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{state / 'mlflow.db'}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/patchrec-tiny@champion",
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "patchrec.cli", "serve", "--model", "models:/patchrec-tiny@champion",
+                             "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -48,7 +49,7 @@ def server(tiny_state):
                 with urllib.request.urlopen(f"{url}/ping", timeout=2):
                     break
             except OSError:
-                assert proc.poll() is None, "mlflow models serve exited"
+                assert proc.poll() is None, "patchrec serve exited"
                 assert time.monotonic() < deadline, "server did not answer /ping"
                 time.sleep(1)
         yield url
@@ -73,6 +74,20 @@ def test_served_champion(server, tmp_path):
         assert code == 400 and message in body["message"], name
     code, body = _post(f"{server}/invocations", b'{"dataframe_records": [{"hist')
     assert code == 400 and "valid JSON" in body["message"]
+
+    # limits: rows per request, body size (refused before parsing), short echoes of offending values
+    many = json.dumps({"dataframe_records": [{"history": ["m01"]}] * 65}).encode()
+    code, body = _post(f"{server}/invocations", many)
+    assert code == 400 and "at most 64" in body["message"]
+    t0 = time.monotonic()
+    code, body = _post(f"{server}/invocations", b'{"dataframe_records": [' + b" " * (2 << 20) + b"]}")
+    assert code == 413 and "limit of 1048576 bytes" in body["message"] and time.monotonic() - t0 < 10
+    huge_key = json.dumps({"dataframe_records": [{"history": ["m01", "k" * 1_000_000]}]}).encode()
+    req = urllib.request.Request(f"{server}/invocations", data=huge_key, headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=120)
+    text = err.value.read()
+    assert err.value.code == 400 and len(text) < 2000 and b"1000000 chars" in text
     assert _post(f"{server}/invocations", good) == (200, _post(f"{server}/invocations", good)[1])  # still serving
     assert main(["recommend", "--url", server, "--history", "m01,m02,m03", "--top-k", "5", "--json"]) == 0
     assert main(["recommend", "--url", server, "--history", "m01,zzz"]) == 2
