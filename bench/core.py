@@ -146,9 +146,10 @@ def _naive_batch(store, idx, s, mode, max_hist, k, group):
 def train_speed(s, store, steps: int, batch: int) -> dict:
     from patchrec.config import TrainConfig
     from patchrec.hardware import use_bf16
-    from patchrec.training import label_loss, wrap_for_training
+    from patchrec.model import attach_trainable
+    from patchrec.training import label_loss
 
-    model = wrap_for_training(s.model, TrainConfig(stage="pft", layout="session"), s.new_tokens)
+    model = attach_trainable(s.model, TrainConfig(stage="pft", layout="session"), s.new_tokens)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     s.catalog.patches = _patches(s)
@@ -270,10 +271,13 @@ def main(argv: list[str] | None = None) -> dict:
     from patchrec.config import ModelConfig
     from patchrec.data.sequences import SequenceStore
     from patchrec.prompts import PromptConfig
-    from patchrec.stages import Setup
+    from patchrec.runtime import Base, read_items
 
     mcfg = ModelConfig(base=args.base, cache_dir=REPO / ".state" / "models")
-    setup_for = lambda data: Setup(data, mcfg, PromptConfig())  # noqa: E731
+
+    def setup_for(data: Path) -> Base:
+        return Base(read_items(data / "items.parquet").title.astype(str).tolist(), mcfg, PromptConfig())
+
     report: dict = {"benchmark": "core", "command": "python -m bench.core " + " ".join(argv or sys.argv[1:]),
                     "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
                                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}, "date": time.strftime("%Y-%m-%d"), "base": args.base}

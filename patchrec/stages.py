@@ -1,244 +1,296 @@
-"""Stage entry points used by the CLI and the Prefect tasks: paths in, run folders out.
+"""The pipeline's stages: each takes the pipeline config and upstream `StageRecord`s and returns one.
 
-A run folder holds config.json (the resolved configs), meta.json (results), trainable.pt (the LoRA
-adapter and new token rows, or all weights for full fine-tuning), tokenizer/ and checkpoints/.
+Every stage runs through `contract.run_stage`: its folder is named by the fingerprint of every input that
+changes its output (upstream fingerprints, configs, base model, code versions), a finished folder is
+reused, and one nested MLflow run per stage records it. Stages pass paths and fingerprints, never models
+or tables. The Prefect tasks in `tasks/stages.py` call these functions one to one.
 """
 
 from __future__ import annotations
 
-import shutil
+import re
 import time
+from importlib.metadata import version
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
+import mlflow
 import pandas as pd
-import torch
+from pydantic import BaseModel, ConfigDict
 
-from patchrec.config import EvalConfig, ModelConfig, TrainConfig
+from patchrec import registry, tracking
+from patchrec.catalog import CATALOG_FILE, build_catalog_table
+from patchrec.config import EvalConfig, SASRecConfig
+from patchrec.contract import StageOutput, StageRecord, Tracker, fingerprint, read_manifest, run_stage
 from patchrec.data.sequences import SequenceStore
-from patchrec.evaluation.beam import Ranking, rank_one
-from patchrec.evaluation.metrics import first_ranks, lenient_paper_ranks, masked_ranks, summarize_ranks
-from patchrec.evaluation.trie import TitleTrie
-from patchrec.hardware import device, use_bf16
-from patchrec.io import atomic_path, file_digest, read_json, write_json
-from patchrec.model import add_prompt_tokens, build_tiny, ensure_smollm2, load_causal_lm
-from patchrec.patching import CatalogTable, assemble, item_patches, layout_kinds
-from patchrec.prompts import PromptConfig, PromptPieces, render_pieces, tokenize_titles
-from patchrec.training import StageResult, latest_checkpoint, load_trainable, train_stage, wrap_for_training
+from patchrec.io import read_json
+from patchrec.profiles import PipelineConfig, flatten, model_identity
+from patchrec.runtime import RunSpec
 
-__all__ = ["Setup", "Ranker", "train", "evaluate", "build_catalog", "load_catalog", "HISTORY_BUCKETS",
-           "by_history_length"]
-
-HISTORY_BUCKETS = ((1, 10), (11, 20), (21, 50), (51, 100), (101, 10**9))
+__all__ = ["NightlyPlan", "baseline_into", "build_catalog", "close_pipeline_run", "code_versions", "data_record",
+           "evaluate_into", "evaluate_model", "example_history", "nightly_plan", "open_pipeline_run", "record_data",
+           "register_model", "run_baseline", "train_into", "train_model"]
 
 
-class Setup:
-    """Model, tokenizer, prompt pieces and catalog table for one prepared data folder.
+def code_versions() -> dict[str, str]:
+    """Versions of the code that shapes a trained model or a ranking (part of their fingerprints)."""
+    return {name: version(name) for name in ("patchrec", "torch", "transformers", "peft")}
 
-    `catalog_file` (written by `build_catalog`) skips tokenizing the titles again.
+
+def _tracker(cfg: PipelineConfig, parent: str | None) -> Tracker:
+    return Tracker(cfg.state_dir, cfg.model_name, parent)
+
+
+def _metric_name(text: str) -> str:
+    return re.sub(r"_+", "_", re.sub(r"[^0-9A-Za-z]+", "_", text)).strip("_").lower()
+
+
+def open_pipeline_run(cfg: PipelineConfig, flow: str) -> str:
+    """The parent MLflow run of one pipeline run, with the resolved config as params; returns its id."""
+    return tracking.start_pipeline_run(cfg.state_dir, cfg.model_name, f"{flow} ({cfg.profile})", cfg.summary(),
+                                       tags={"patchrec.profile": cfg.profile, "patchrec.dataset": cfg.dataset})
+
+
+def close_pipeline_run(cfg: PipelineConfig, run_id: str, ok: bool, metrics: dict[str, float] | None = None,
+                       tags: dict[str, Any] | None = None) -> None:
+    """Finish the parent run (FAILED unless `ok`) with the pipeline's headline metrics and tags."""
+    tracking.end_pipeline_run(cfg.state_dir, run_id, ok, metrics or {}, {k: str(v) for k, v in (tags or {}).items()})
+
+
+def record_data(cfg: PipelineConfig, summary: dict[str, Any], parent: str | None = None) -> StageRecord:
+    """The published data generation as a stage record, logged to MLflow (counts, validation, dataset).
+
+    Args:
+        cfg: the pipeline config.
+        summary: what the prepare-data flow returned (`changed` tells whether this run made a new generation).
+        parent: the parent MLflow run.
     """
-
-    def __init__(self, data_dir: Path, mcfg: ModelConfig, prompt: PromptConfig, catalog_file: Path | None = None):
-        self.titles = pd.read_parquet(Path(data_dir) / "items.parquet").sort_values("item_idx")
-        if not np.array_equal(self.titles.item_idx.to_numpy(), np.arange(len(self.titles))):
-            raise ValueError(f"{data_dir}/items.parquet: item_idx must be 0..N-1 for the catalog table")
-        titles = self.titles.title.tolist()
-        if mcfg.base == "tiny":
-            self.model, self.tok = build_tiny(titles + [prompt.system, prompt.instruction], hidden=mcfg.tiny_hidden,
-                                              layers=mcfg.tiny_layers)
-        else:
-            path = ensure_smollm2(mcfg.cache_dir) if mcfg.base == "smollm2" else Path(mcfg.base)
-            self.model, self.tok = load_causal_lm(path)
-        ids = add_prompt_tokens(self.model, self.tok)
-        self.model.to(device())
-        self.new_tokens = [ids["seq_start"], ids["item_sep"], ids["seq_end"]]
-        self.pieces: PromptPieces = render_pieces(self.tok, prompt, ids)
-        if catalog_file is not None:
-            self.catalog = load_catalog(catalog_file, expect_items=len(titles)).to(device())
-        else:
-            self.catalog = CatalogTable.from_token_lists(tokenize_titles(self.tok, titles)).to(device())
+    out = cfg.data.out.resolve()  # the generation itself: later stages read it even after a newer one is published
+    manifest = read_manifest(out, "prepare")
+    record = StageRecord.of(out, manifest, reused=not summary["changed"])
+    with _tracker(cfg, parent).run("prepare-data", {"patchrec.fingerprint": record.fingerprint,
+                                                    "patchrec.reused": str(record.reused)}):
+        mlflow.log_params({f"data.{k}": v for k, v in flatten(cfg.data.model_dump(mode="json")).items()})
+        mlflow.log_metrics(record.metrics)
+        mlflow.log_dict(summary, "prepare_summary.json")
+        if (out / "validation").is_dir():
+            mlflow.log_artifacts(str(out / "validation"), "validation")
+        events = pd.read_parquet(out / "interactions.parquet")
+        mlflow.log_input(mlflow.data.from_pandas(events, source=str(cfg.data.raw), name=cfg.dataset),
+                         context="training")
+    return record.model_copy(update={"info": {**record.info, "changed": bool(summary["changed"]),
+                                              "files_new": list(summary.get("files_new", []))}})
 
 
-def train(data_dir: Path, out_dir: Path, tcfg: TrainConfig, mcfg: ModelConfig, prompt: PromptConfig,
-          init_from: Path | None = None, progress: bool = True, catalog_file: Path | None = None) -> dict[str, Any]:
-    """Train one stage into `out_dir` (resuming if it holds checkpoints); PFT starts from `init_from` (PPT).
+def build_catalog(cfg: PipelineConfig, data: StageRecord, parent: str | None = None) -> StageRecord:
+    """The catalog patch table of the base model, and tokens per prompt by layout."""
+    max_history = cfg.pft.max_history
+    fp = fingerprint("catalog", data.fingerprint, model_identity(cfg.model), cfg.prompt.model_dump(mode="json"),
+                     max_history, code_versions())
 
-    A finished run with the same configs is not trained again: its meta record is returned.
+    def log(rec: StageRecord) -> None:
+        mlflow.log_metrics({**rec.metrics, **{f"prompt_tokens_{_metric_name(k)}": v
+                                              for k, v in rec.info["prompt_tokens"].items()}})
+        with tracking.artifact_dir() as tmp:
+            path = tracking.plot_prompt_tokens(rec.info, tmp / "tokens_per_prompt.png")
+            mlflow.log_artifact(str(path), "plots")
+
+    return run_stage("catalog", cfg.state_dir / "catalog" / cfg.dataset / fp, fp,
+                     lambda out: build_catalog_table(data.dir, out, cfg.model, cfg.prompt, max_history=max_history),
+                     tracker=_tracker(cfg, parent), log=log)
+
+
+FolderOf = Callable[[str], Path]  # fingerprint -> the stage's output folder
+
+
+def data_record(data_dir: Path) -> StageRecord:
+    """A prepared data folder (a published generation) as a stage record."""
+    data_dir = Path(data_dir).resolve()
+    return StageRecord.of(data_dir, read_manifest(data_dir, "prepare"), reused=True)
+
+
+def train_into(folder_of: FolderOf, stage: str, spec: RunSpec, data: StageRecord, cat: StageRecord | None = None,
+               init: StageRecord | None = None, tracker: Tracker | None = None) -> StageRecord:
+    """Train one stage (PPT, PFT or SFT) through the stage contract.
+
+    Args:
+        folder_of: the output folder for the stage's fingerprint.
+        stage: the stage name recorded in the manifest (ppt, pft, sft).
+        spec: train, model and prompt configs.
+        data: the prepared data.
+        cat: the catalog stage (skips tokenizing titles again), if any.
+        init: the stage whose `trainable.pt` training starts from (a PPT run or a champion bundle), if any.
+        tracker: where the stage's MLflow run goes (per-step curves, plots), if anywhere.
     """
-    out_dir = Path(out_dir)
-    config = {"train": tcfg.model_dump(mode="json"), "model": mcfg.model_dump(mode="json"),
-              "prompt": prompt.model_dump(mode="json"), "data_dir": str(data_dir),
-              "init_from": str(init_from) if init_from else None}
-    if (out_dir / "trainable.pt").is_file() and (out_dir / "config.json").is_file():
-        if read_json(out_dir / "config.json") == config:
-            return read_json(out_dir / "meta.json")
-    s = Setup(data_dir, mcfg, prompt, catalog_file)
-    torch.manual_seed(tcfg.seed)
-    model = wrap_for_training(s.model, tcfg, s.new_tokens)
-    if init_from is not None and latest_checkpoint(out_dir / "checkpoints") is None:
-        load_trainable(model, Path(init_from) / "trainable.pt")
-    store = SequenceStore(data_dir, max_history=tcfg.max_history)
-    result: StageResult = train_stage(model, store, s.catalog, s.pieces, tcfg, out_dir, progress=progress)
-    shutil.copyfile(latest_checkpoint(out_dir / "checkpoints") / "trainable.pt", out_dir / "trainable.tmp")
-    (out_dir / "trainable.tmp").replace(out_dir / "trainable.pt")
-    s.tok.save_pretrained(out_dir / "tokenizer")
-    meta = {**result.to_dict(), "data_dir": str(data_dir), "init_from": config["init_from"]}
-    write_json(meta, out_dir / "meta.json")
-    write_json(config, out_dir / "config.json")  # last: marks the run finished
-    return meta
+    from patchrec.training import train_run
+
+    tcfg = spec.train
+    fp = fingerprint(stage, data.fingerprint, cat.fingerprint if cat else None, tcfg.model_dump(mode="json"),
+                     model_identity(spec.model), spec.prompt.model_dump(mode="json"),
+                     init.fingerprint if init else None, code_versions())
+
+    def build(out: Path) -> StageOutput:
+        res = train_run(data.dir, out, spec, init_from=init.dir if init else None,
+                        catalog_file=cat.dir / CATALOG_FILE if cat else None)
+        return res.model_copy(update={"info": {"init_from": str(init.dir) if init else None}})
+
+    def log(rec: StageRecord) -> None:
+        mlflow.log_params({f"{stage}.{k}": v for k, v in tcfg.model_dump(mode="json").items()})
+        mlflow.set_tag("patchrec.init", str(init.dir) if init else "")
+        curves = read_json(rec.dir / "training.json")
+        tracking.log_training(mlflow.active_run().info.run_id, curves)  # per step: loss, lr, samples_per_s, ...
+        totals = {("samples_per_s_mean" if k == "samples_per_s" else k): v for k, v in rec.metrics.items()}
+        mlflow.log_metrics(totals)
+        with tracking.artifact_dir() as tmp:
+            mlflow.log_artifact(str(tracking.plot_training({stage: curves}, tmp / f"training_{stage}.png")), "plots")
+
+    return run_stage(stage, folder_of(fp), fp, build, config=spec.model_dump(mode="json"), tracker=tracker, log=log)
 
 
-def _bucket(n: int) -> str:
-    lo, hi = next(b for b in HISTORY_BUCKETS if b[0] <= n <= b[1])
-    return f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"
+def evaluate_into(folder_of: FolderOf, ecfg: EvalConfig, data: StageRecord, run: StageRecord,
+                  cat: StageRecord | None = None, tracker: Tracker | None = None) -> StageRecord:
+    """Rank `ecfg.split` with a finished training stage (its layout and configs) through the stage contract."""
+    from patchrec.evaluation.split import evaluate_split
+    from patchrec.runtime import Runtime
+
+    split = ecfg.split
+    fp = fingerprint("eval", split, data.fingerprint, run.fingerprint, ecfg.model_dump(mode="json"), code_versions())
+
+    def build(out: Path) -> StageOutput:
+        runtime = Runtime.of_run(data.dir, run.dir, catalog_file=cat.dir / CATALOG_FILE if cat else None)
+        res = evaluate_split(runtime, data.dir, out, ecfg)
+        return StageOutput(metrics=res["metrics"], info={"samples": res["samples"], "users_per_s": res["users_per_s"]})
+
+    def log(rec: StageRecord) -> None:
+        res = read_json(rec.dir / "eval.json")
+        mlflow.log_params({f"{split}.{k}": v for k, v in ecfg.model_dump(mode="json").items()})
+        tracking.log_eval(res, split)
+        mlflow.log_dict(res, "eval.json")
+        with tracking.artifact_dir() as tmp:
+            mlflow.log_artifact(str(tracking.plot_history_buckets(res, tmp / f"hr_by_history_{split}.png")), "plots")
+
+    return run_stage(f"eval-{split}", folder_of(fp), fp, build, config=ecfg.model_dump(mode="json"), tracker=tracker,
+                     run_name=f"evaluate-{split}", log=log)
 
 
-def by_history_length(ranks: np.ndarray, hist_len: np.ndarray) -> dict[str, dict[str, float]]:
-    """HR/NDCG@{10,20} and the sample count `n` per history-length bucket (HISTORY_BUCKETS), in first-seen order."""
-    ranks = np.asarray(ranks)
-    buckets = np.array([_bucket(int(n)) for n in hist_len])
-    out: dict[str, dict[str, float]] = {}
-    for b in dict.fromkeys(buckets):
-        m = buckets == b
-        out[b] = {"n": int(m.sum()), **summarize_ranks(ranks[m], ks=(10, 20))}
-    return out
+def baseline_into(folder_of: FolderOf, kind: str, data: StageRecord, sasrec: SASRecConfig, split: str = "test",
+                  max_samples: int | None = None, seed: int = 0, tracker: Tracker | None = None) -> StageRecord:
+    """Popularity or SASRec on a prepared folder through the stage contract; metrics as `<split>_<metric>`."""
+    from patchrec.baselines import evaluate_baseline
+
+    settings = sasrec.model_dump(mode="json")  # max_len also caps the histories popularity ranks
+    fp = fingerprint("baseline", kind, data.fingerprint, settings, split, max_samples, seed, version("torch"))
+
+    def build(out: Path) -> StageOutput:
+        res = evaluate_baseline(kind, data.dir, out, split=split, max_samples=max_samples, sasrec=sasrec, seed=seed)
+        return StageOutput(metrics=res["metrics"], info={"samples": res["samples"]})
+
+    def log(rec: StageRecord) -> None:
+        res = read_json(rec.dir / "eval.json")
+        if kind == "sasrec":
+            mlflow.log_params({f"sasrec.{k}": v for k, v in settings.items()})
+        tracking.log_eval(res, split)
+        if res["train"]:
+            tracking.log_epochs(mlflow.active_run().info.run_id, res["train"]["log"])
+        mlflow.log_dict(res, "eval.json")
+
+    return run_stage(f"baseline-{kind}", folder_of(fp), fp, build, config=settings, tracker=tracker, log=log)
 
 
-class Ranker:
-    """A trained run ready to rank: model (LoRA loaded), catalog patches and the title trie."""
-
-    def __init__(self, data_dir: Path, run_dir: Path | None, mcfg: ModelConfig | None = None,
-                 prompt: PromptConfig | None = None, tcfg: TrainConfig | None = None,
-                 catalog_file: Path | None = None):
-        if run_dir is not None and (Path(run_dir) / "config.json").is_file():
-            saved = read_json(Path(run_dir) / "config.json")
-            mcfg = mcfg or ModelConfig.model_validate(saved["model"])
-            prompt = prompt or PromptConfig.model_validate(saved["prompt"])
-            tcfg = tcfg or TrainConfig.model_validate(saved["train"])
-        if mcfg is None or prompt is None or tcfg is None:
-            raise ValueError("ranking needs a finished run folder, or model, prompt and train configs")
-        self.setup = s = Setup(data_dir, mcfg, prompt, catalog_file)
-        self.tcfg, self.prompt, self.mcfg = tcfg, prompt, mcfg
-        model = s.model
-        if run_dir is not None:
-            model = wrap_for_training(model, tcfg, s.new_tokens)
-            load_trainable(model, Path(run_dir) / "trainable.pt")
-        self.model = model.eval()
-        self.embed = model.get_input_embeddings()
-        with torch.no_grad():
-            s.catalog.patches = item_patches(self.embed, s.catalog.title_ids, s.catalog.title_len)
-        self.trie = TitleTrie.build(s.catalog.title_ids, s.catalog.title_len, s.pieces.end[0])
-        self.layout = "text" if tcfg.layout == "mixed" else tcfg.layout
-
-    @torch.no_grad()
-    def rank(self, hist: np.ndarray, num_beams: int = 20, top_k: int = 20, length_penalty: float = 1.0,
-             bf16: bool | str = "auto") -> Ranking:
-        """Top-k catalog items (indices and beam scores) after the history `hist` (item indices, oldest first)."""
-        hist = np.asarray(hist, dtype=np.int64)[-self.tcfg.max_history:]
-        kinds, groups = layout_kinds(torch.tensor([len(hist)]), self.layout, k=self.tcfg.k, group=self.tcfg.group)
-        with torch.autocast(device().type, dtype=torch.bfloat16, enabled=use_bf16(bf16)):
-            batch = assemble(torch.from_numpy(hist), torch.tensor([0, len(hist)]), None, kinds, groups,
-                             self.setup.catalog, self.setup.pieces, self.embed)
-            return rank_one(self.model, batch.inputs_embeds, self.trie, num_beams, top_k, length_penalty)
+def train_model(cfg: PipelineConfig, which: str, data: StageRecord, cat: StageRecord, init: StageRecord | None = None,
+                parent: str | None = None) -> StageRecord:
+    """PPT (`which="ppt"`) or PFT/SFT (`"pft"`), starting from `init` (a PPT run or a champion) when given."""
+    tcfg = {"ppt": cfg.ppt, "pft": cfg.pft}[which]
+    if tcfg is None:
+        raise ValueError(f"profile {cfg.profile!r} has no {which} stage")
+    spec = RunSpec(train=tcfg, model=cfg.model, prompt=cfg.prompt)
+    return train_into(lambda fp: cfg.runs_dir / f"{which}-{fp}", which, spec, data, cat, init, _tracker(cfg, parent))
 
 
-def evaluate(data_dir: Path, run_dir: Path | None, out_dir: Path, ecfg: EvalConfig, mcfg: ModelConfig | None = None,
-             prompt: PromptConfig | None = None, tcfg: TrainConfig | None = None, progress: bool = True,
-             catalog_file: Path | None = None) -> dict[str, Any]:
-    """Rank catalog items for a deterministic sample of a split with the run's layout; write eval.json.
+def evaluate_model(cfg: PipelineConfig, split: str, data: StageRecord, cat: StageRecord, run: StageRecord,
+                   parent: str | None = None) -> StageRecord:
+    """Rank the val or test sample of the pipeline config with the run's layout."""
+    ecfg = {"val": cfg.val, "test": cfg.test}[split]
+    return evaluate_into(lambda fp: cfg.runs_dir / f"eval-{split}-{fp}", ecfg, data, run, cat, _tracker(cfg, parent))
 
-    Model, prompt and layout default to those recorded in `run_dir/config.json`.
+
+def run_baseline(cfg: PipelineConfig, kind: str, data: StageRecord, parent: str | None = None) -> StageRecord:
+    """Popularity or SASRec on the same data and test sample as the LLM stages."""
+    return baseline_into(lambda fp: cfg.runs_dir / f"baseline-{kind}-{fp}", kind, data, cfg.sasrec, "test",
+                         cfg.test.max_samples, cfg.test.seed, _tracker(cfg, parent))
+
+
+def register_model(cfg: PipelineConfig, data: StageRecord, cat: StageRecord, run: StageRecord, val: StageRecord,
+                   test: StageRecord, parent: str | None = None) -> StageRecord:
+    """Bundle the run, register it as a new version (alias `challenger`), promote it if it is no worse.
+
+    The stage folder is the bundle. Validation and test metrics go on the register run and the logged model;
+    promotion compares the validation metric of the runs behind the champion and the new version.
     """
-    ranker = Ranker(data_dir, run_dir, mcfg, prompt, tcfg, catalog_file)
-    store = SequenceStore(data_dir, max_history=ranker.tcfg.max_history)
-    idx = store.indices(ecfg.split)
-    if ecfg.max_samples and len(idx) > ecfg.max_samples:
-        idx = np.sort(np.random.default_rng(ecfg.seed).choice(idx, ecfg.max_samples, replace=False))
-    ranked, targets, hist_len, users, hists, tokens = [], [], [], [], [], []
-    iterator = idx
-    if progress:
-        from tqdm.auto import tqdm
+    from patchrec.recommender import write_bundle
 
-        iterator = tqdm(idx, desc=f"rank {ecfg.split}", unit="user")
-    t0 = time.perf_counter()
-    for i in iterator:
-        hist, target = store.sample(int(i))
-        r = ranker.rank(hist, ecfg.num_beams, ecfg.top_k, ecfg.length_penalty, ecfg.bf16)
-        ranked.append(r.items)
-        tokens.append(r.prompt_tokens)
-        hists.append(hist)
-        targets.append(target)
-        hist_len.append(len(hist))
-        users.append(int(store.sample_user[i]))
-    seconds = time.perf_counter() - t0
-    ranks = first_ranks(ranked, targets)
-    titles = ranker.setup.titles.title.tolist()
-    lenient = lenient_paper_ranks([[titles[j] for j in lst] for lst in ranked], [titles[t] for t in targets])
-    metrics = summarize_ranks(ranks, np.asarray(users))
-    masked = masked_ranks(ranked, hists, targets, ecfg.top_k)
-    metrics.update({f"masked_{k}": v for k, v in summarize_ranks(masked, np.asarray(users)).items()})
-    metrics.update({f"paper_lenient_hr_{k}": float(np.mean((lenient >= 0) & (lenient < k))) for k in (5, 10, 20)})
-    by_len = by_history_length(ranks, np.asarray(hist_len))
-    result = {"split": ecfg.split, "samples": len(idx), "layout": ranker.layout,
-              "users_per_s": len(idx) / seconds if seconds else 0.0,
-              "prompt_tokens_mean": float(np.mean(tokens)) if tokens else 0.0, "metrics": metrics, "by_history_length": by_len,
-              "run_dir": str(run_dir) if run_dir else None}
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir / "ranks.parquet") as tmp:
-        pd.DataFrame({"sample": idx, "user_idx": users, "target": targets, "rank": ranks, "history_len": hist_len,
-                      "ranked": ranked}).to_parquet(tmp)
-    write_json(result, out_dir / "eval.json")
-    return result
+    fp = fingerprint("register", run.fingerprint, cat.fingerprint, val.fingerprint, test.fingerprint,
+                     cfg.registry.model_dump(mode="json"))
+    name = cfg.model_name
+
+    def build(out: Path) -> StageOutput:
+        metrics = {**{f"val_{k}": v for k, v in val.metrics.items()}, **{f"test_{k}": v for k, v in test.metrics.items()}}
+        mlflow.log_metrics(metrics)
+        existing = registry.find_version(name, fp)  # registered before a crash that left no manifest
+        if existing is not None:
+            return StageOutput(metrics=metrics, info={"name": name, "version": existing, "registered": False,
+                                                      "promoted": False, "reason": f"already registered as v{existing}"})
+        write_bundle(run.dir, data.dir, cat.dir, out, max_history=cfg.registry.max_history,
+                     num_beams=cfg.test.num_beams, length_penalty=cfg.test.length_penalty,
+                     max_rows=cfg.registry.max_rows, max_request_bytes=cfg.registry.max_request_bytes)
+        tags = {"patchrec.fingerprint": fp, "patchrec.profile": cfg.profile, "patchrec.dataset": cfg.dataset,
+                "patchrec.run_dir": str(run.dir), "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        ver = registry.log_model(out, name, example_history(data.dir), tags, metrics)
+        decision = registry.promote_if_better(name, ver, cfg.registry.metric, cfg.registry.margin)
+        mlflow.set_tags({"registered_version": str(ver), "promoted": str(decision["promoted"]),
+                         "promotion": decision["reason"]})
+        return StageOutput(metrics=metrics, info={"name": name, "version": ver, "registered": True, **decision})
+
+    return run_stage("register", cfg.runs_dir / f"bundle-{fp}", fp, build, tracker=_tracker(cfg, parent))
 
 
-PROMPT_LAYOUTS = {"SFT (all text)": ("text", 5, 5), "PFT-I (k=5)": ("item", 5, 5), "PFT-S (G=5)": ("session", 5, 5),
-                  "PFT-S (G=20)": ("session", 5, 20)}
+def example_history(data_dir: Path, n: int = 5) -> list[str]:
+    """Item keys of the newest `n` items of the first validation history (an input example)."""
+    store = SequenceStore(data_dir)
+    hist, _ = store.sample(int(store.indices("val")[0]))
+    keys = pd.read_parquet(Path(data_dir) / "items.parquet", columns=["item_idx", "item_key"]).sort_values("item_idx")
+    return [str(keys.item_key.iloc[i]) for i in hist[-n:]]
 
 
-def build_catalog(data_dir: Path, out_dir: Path, mcfg: ModelConfig, prompt: PromptConfig, max_history: int = 100,
-                  split: str = "val", max_samples: int = 512) -> dict[str, Any]:
-    """Write the catalog patch table (title token ids + base item patches) and prompt-length statistics.
+class NightlyPlan(BaseModel):
+    """Whether tonight trains, why, and from what (a champion's bundle, or None: from scratch)."""
 
-    `catalog.safetensors` is written before `catalog.json`, which marks the folder complete.
-    """
-    from safetensors.torch import save_file
-
-    s = Setup(data_dir, mcfg, prompt)
-    embed = s.model.get_input_embeddings()
-    with torch.no_grad():
-        s.catalog.patches = item_patches(embed, s.catalog.title_ids, s.catalog.title_len)
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir / "catalog.safetensors") as tmp:
-        save_file({"title_ids": s.catalog.title_ids.cpu().contiguous(), "title_len": s.catalog.title_len.cpu(),
-                   "patches": s.catalog.patches.float().cpu().contiguous()}, str(tmp))
-    store = SequenceStore(data_dir, max_history=max_history)
-    idx = store.indices(split)[:max_samples]
-    tokens: dict[str, float] = {}
-    with torch.no_grad():
-        for name, (layout, k, group) in PROMPT_LAYOUTS.items():
-            hists = [store.sample(int(i))[0] for i in idx]
-            lengths = torch.tensor([len(h) for h in hists])
-            kinds, groups = layout_kinds(lengths, layout, k=k, group=group)
-            flat = torch.from_numpy(np.concatenate(hists).astype(np.int64)) if hists else torch.zeros(0, dtype=torch.long)
-            offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
-            batch = assemble(flat, offsets, None, kinds, groups, s.catalog, s.pieces, embed)
-            tokens[name] = float(batch.lengths.float().mean()) if len(idx) else 0.0
-    lens = s.catalog.title_len.float()
-    info = {"items": int(len(lens)), "title_tokens_mean": float(lens.mean()), "title_tokens_max": int(lens.max()),
-            "hidden_size": int(s.catalog.patches.shape[1]), "prompt_tokens": tokens, "prompt_split": split,
-            "prompt_samples": int(len(idx)), "max_history": max_history,
-            "digest": file_digest(out_dir / "catalog.safetensors")[1]}
-    write_json(info, out_dir / "catalog.json")
-    return info
+    model_config = ConfigDict(frozen=True)
+    train: bool
+    reason: str
+    init: StageRecord | None = None
 
 
-def load_catalog(path: Path, expect_items: int) -> CatalogTable:
-    """Title token ids of a `build_catalog` file (patches are recomputed from the model being used)."""
-    from safetensors.torch import load_file
+def nightly_plan(cfg: PipelineConfig, data: StageRecord) -> NightlyPlan:
+    """Train when there is new data or no champion yet; warm start from the champion's bundle when allowed."""
+    tracking.tracking_uri(cfg.state_dir)
+    champ = registry.alias(cfg.model_name, registry.CHAMPION)
+    if champ is None:
+        return NightlyPlan(train=True, reason="no champion yet: full training")
+    if not data.info["changed"]:
+        return NightlyPlan(train=False, reason=f"no new data; champion v{champ.version} stays")
+    files = data.info["files_new"]
+    if not cfg.warm_start:
+        return NightlyPlan(train=True, reason=f"new files {files}: training from scratch")
+    fp = champ.tags["patchrec.fingerprint"]
 
-    t = load_file(str(path))
-    if t["title_ids"].shape[0] != expect_items:
-        raise ValueError(f"{path} holds {t['title_ids'].shape[0]} items but the data has {expect_items}: "
-                         "rebuild the catalog for this data")
-    return CatalogTable(t["title_ids"], t["title_len"])
+    def download(out: Path) -> StageOutput:
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{cfg.model_name}/{champ.version}",
+                                            dst_path=str(out))
+        bundle = next(p.parent for p in out.rglob("bundle.json"))
+        return StageOutput(info={"version": int(champ.version), "bundle": str(bundle.relative_to(out))})
+
+    got = run_stage("champion", cfg.state_dir / "champions" / cfg.model_name / f"v{champ.version}", fp, download)
+    init = got.model_copy(update={"dir": got.dir / got.info["bundle"]})
+    return NightlyPlan(train=True, reason=f"new files {files}: warm start from champion v{champ.version}", init=init)

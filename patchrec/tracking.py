@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["USER_ENV", "tracking_uri", "experiment_id", "stage_run", "start_pipeline_run", "end_pipeline_run",
+__all__ = ["EXPERIMENT_KIND", "USER_ENV", "tracking_uri", "experiment_id", "stage_run", "start_pipeline_run", "end_pipeline_run",
            "log_training", "log_epochs", "log_eval", "artifact_dir", "plot_training", "plot_history_buckets",
            "plot_prompt_tokens"]
 
@@ -36,8 +36,12 @@ def tracking_uri(state_dir: Path) -> str:
     return uri
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI's model-training view, not GenAI
+
+
 def experiment_id(state_dir: Path, name: str) -> str:
-    """The experiment `name`, created on first use (local artifacts under `<state>/mlartifacts`)."""
+    """The experiment `name`, created on first use (local artifacts under `<state>/mlartifacts`) and marked as
+    model training, so the UI opens it on runs and models rather than on the GenAI overview."""
     import mlflow
 
     uri = tracking_uri(state_dir)
@@ -46,7 +50,7 @@ def experiment_id(state_dir: Path, name: str) -> str:
         return exp.experiment_id
     location = (Path(state_dir).resolve() / "mlartifacts" / name).as_uri() if uri.startswith("sqlite:") else None
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # created concurrently by another process
         exp = mlflow.get_experiment_by_name(name)
         if exp is None:
@@ -100,10 +104,9 @@ def log_training(run_id: str, meta: dict[str, Any], prefix: str = "") -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    first = int(meta.get("first_step", 0))
     series = {"loss": meta.get("losses", []), "lr": meta.get("lrs", []),
               "samples_per_s": meta.get("step_samples_per_s", []), "compressed_share": meta.get("compressed_share", [])}
-    metrics = [Metric(f"{prefix}{key}", float(v), now, first + i) for key, vals in series.items()
+    metrics = [Metric(f"{prefix}{key}", float(v), now, i) for key, vals in series.items()
                for i, v in enumerate(vals)]
     client = MlflowClient()
     for i in range(0, len(metrics), 1000):
@@ -153,9 +156,8 @@ def plot_training(curves: dict[str, dict[str, Any]], path: Path) -> Path:
     plt = _figure()
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, meta in curves.items():
-        steps = range(int(meta.get("first_step", 0)), int(meta.get("first_step", 0)) + len(meta.get("losses", [])))
-        ax_loss.plot(list(steps), meta.get("losses", []), label=name)
-        ax_lr.plot(list(steps), meta.get("lrs", []), label=name)
+        ax_loss.plot(range(len(meta.get("losses", []))), meta.get("losses", []), label=name)
+        ax_lr.plot(range(len(meta.get("lrs", []))), meta.get("lrs", []), label=name)
     ax_loss.set(title="training loss (label tokens)", xlabel="optimizer step", ylabel="loss")
     ax_lr.set(title="learning rate", xlabel="optimizer step", ylabel="lr")
     for ax in (ax_loss, ax_lr):

@@ -20,43 +20,34 @@ import torch
 from torch import Tensor
 
 from patchrec.config import TrainConfig
+from patchrec.contract import StageOutput
 from patchrec.data.sequences import SequenceStore
 from patchrec.hardware import use_bf16
-from patchrec.io import write_json
+from patchrec.io import atomic_path, write_json
+from patchrec.model import attach_trainable, load_trainable
 from patchrec.patching import Batch, CatalogTable, assemble, item_patches, layout_kinds
 from patchrec.prompts import PromptPieces
+from patchrec.runtime import Base, RunSpec, read_items
 
-__all__ = ["StageResult", "wrap_for_training", "batch_plan", "make_batch", "label_loss", "train_stage"]
+__all__ = ["StageResult", "batch_plan", "fit", "label_loss", "latest_checkpoint", "make_batch", "save_checkpoint",
+           "train_run"]
 
 
 @dataclass
 class StageResult:
-    out_dir: str
+    """A training run's totals and per-step curves (of the whole run, also after a resume)."""
+
     steps: int
     samples: int
     final_loss: float
     samples_per_s: float
-    losses: list[float]  # per optimizer step of the whole run (restored from the checkpoint on a resume)
+    losses: list[float]  # per optimizer step
     compressed_share: list[float]  # per optimizer step: share of history items given as patches
-    first_step: int = 0  # global index of losses[0] (always 0: a resume restores the earlier steps' records)
     lrs: list[float] = field(default_factory=list)  # learning rate used by each step
     step_samples_per_s: list[float] = field(default_factory=list)  # throughput of each step
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def wrap_for_training(model, cfg: TrainConfig, new_token_ids: list[int]):
-    """LoRA (with the new delimiter rows trainable) or full fine-tuning."""
-    if cfg.finetune == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_targets), trainable_token_indices={"embed_tokens": new_token_ids})
-    return get_peft_model(model, lcfg)
 
 
 def batch_plan(store: SequenceStore, cfg: TrainConfig) -> list[np.ndarray]:
@@ -122,8 +113,8 @@ def _trainable(model) -> dict[str, Tensor]:
 def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, extra: dict, keep: int = 2) -> None:
     """Weights/adapter, optimizer, scheduler, RNG and data position, written to a temp dir then renamed.
 
-    Only the newest `keep` complete checkpoints beside `path` are kept; the new one is complete before
-    any older one is removed.
+    The temp folder's rename is what makes a checkpoint exist; only the newest `keep` are kept, and the
+    new one is in place before any older one is removed.
     """
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -131,35 +122,40 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, extra: d
     torch.save(_trainable(model), tmp / "trainable.pt")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                 "torch_rng": torch.get_rng_state(), **extra}, tmp / "state.pt")
-    (tmp / "COMPLETE").write_text(str(step))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
-    done = sorted(_complete(path.parent), key=lambda p: int(p.name.split("_")[1]), reverse=True)
+    done = sorted(_checkpoints(path.parent), key=lambda p: int(p.name.split("_")[1]), reverse=True)
     for old in done[keep:]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _complete(ckpt_dir: Path) -> list[Path]:
-    return [p for p in ckpt_dir.glob("step_*") if (p / "COMPLETE").is_file()] if ckpt_dir.is_dir() else []
+def _checkpoints(ckpt_dir: Path) -> list[Path]:
+    """`step_N` folders: each was renamed into place complete (a temp folder starts with a dot)."""
+    return [p for p in ckpt_dir.glob("step_*") if p.is_dir()] if ckpt_dir.is_dir() else []
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    return max(_complete(ckpt_dir), key=lambda p: int(p.name.split("_")[1]), default=None)
+    """The newest checkpoint folder, or None."""
+    return max(_checkpoints(ckpt_dir), key=lambda p: int(p.name.split("_")[1]), default=None)
 
 
-def load_trainable(model, path: Path) -> None:
-    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
-    if missing:
-        raise ValueError(f"{path} lacks trainable tensors {missing[:3]} (different model or stage?)")
-    model.load_state_dict(state, strict=False)
+def fit(model, store: SequenceStore, catalog: CatalogTable, pieces: PromptPieces, cfg: TrainConfig,
+        out_dir: Path, max_steps: int | None = None, is_main: bool = True, progress: bool = True) -> StageResult:
+    """Train `model` (trainable weights attached) on the train split; resumes from the newest checkpoint.
 
+    Args:
+        model: the model from `attach_trainable`.
+        store: the prepared sequences and samples.
+        catalog: the catalog table (item patches are recomputed from `model`'s embeddings).
+        pieces: the tokenized prompt pieces.
+        cfg: the stage's config.
+        out_dir: the stage folder; checkpoints go to `out_dir/checkpoints`.
+        max_steps: stop after this step (the schedule still assumes the whole run): simulates interruptions.
+        is_main: whether this process writes checkpoints and progress output.
+        progress: show a progress bar.
 
-def train_stage(model, store: SequenceStore, catalog: CatalogTable, pieces: PromptPieces, cfg: TrainConfig,
-                out_dir: Path, max_steps: int | None = None, is_main: bool = True, progress: bool = True) -> StageResult:
-    """Train `model` (already wrapped) on the train split; resumes from the newest complete checkpoint.
-
-    `max_steps` stops early (the schedule still assumes the full run): used to simulate interruptions.
+    Returns:
+        The whole run's record (a resumed run includes the steps before the interruption).
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -234,9 +230,37 @@ def train_stage(model, store: SequenceStore, catalog: CatalogTable, pieces: Prom
     elapsed = seconds0 + time.perf_counter() - t0
     if not losses:
         raise RuntimeError(f"{out_dir}: no training step was run (empty train split or max_steps=0)")
-    result = StageResult(str(out_dir), stop, n_samples, losses[-1], n_samples / elapsed if elapsed else 0.0, losses,
-                         shares, 0, lrs, speeds)
-    if is_main:
-        write_json(cfg.model_dump(mode="json"), out_dir / "config.json")
-        write_json(result.to_dict(), out_dir / "meta.json")
-    return result
+    return StageResult(stop, n_samples, losses[-1], n_samples / elapsed if elapsed else 0.0, losses, shares, lrs,
+                       speeds)
+
+
+def train_run(data_dir: Path, out_dir: Path, spec: RunSpec, init_from: Path | None = None,
+              catalog_file: Path | None = None, progress: bool = True) -> StageOutput:
+    """A training stage's build: fit, then write `trainable.pt`, `tokenizer/` and `training.json` (curves).
+
+    Args:
+        data_dir: a prepared data folder.
+        out_dir: the stage folder (resumed from its checkpoints).
+        spec: train, model and prompt configs.
+        init_from: a folder with the `trainable.pt` to start from (a PPT run or a champion bundle).
+        catalog_file: the catalog stage's table, to skip tokenizing the titles again.
+        progress: show a progress bar.
+
+    Returns:
+        Totals for the manifest (final loss, steps, samples, samples/s).
+    """
+    out_dir = Path(out_dir)
+    items = read_items(Path(data_dir) / "items.parquet")
+    base = Base(items.title.astype(str).tolist(), spec.model, spec.prompt, catalog_file)
+    torch.manual_seed(spec.train.seed)
+    model = attach_trainable(base.model, spec.train, base.new_tokens)
+    if init_from is not None and latest_checkpoint(out_dir / "checkpoints") is None:
+        load_trainable(model, Path(init_from) / "trainable.pt")
+    store = SequenceStore(data_dir, max_history=spec.train.max_history)
+    result = fit(model, store, base.catalog, base.pieces, spec.train, out_dir, progress=progress)
+    with atomic_path(out_dir / "trainable.pt") as tmp:
+        shutil.copyfile(latest_checkpoint(out_dir / "checkpoints") / "trainable.pt", tmp)
+    base.tok.save_pretrained(out_dir / "tokenizer")
+    write_json(result.to_dict(), out_dir / "training.json")
+    return StageOutput(metrics={"final_loss": result.final_loss, "steps": float(result.steps),
+                                "samples": float(result.samples), "samples_per_s": result.samples_per_s})

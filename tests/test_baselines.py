@@ -7,7 +7,7 @@ import pytest
 
 from patchrec.config import DataConfig, SASRecConfig
 from patchrec.evaluation.metrics import bootstrap_ci, masked_ranks, paired_bootstrap_diff, summarize_ranks
-from patchrec.pipeline import load_pipeline
+from patchrec.profiles import load_pipeline
 
 
 @pytest.fixture(scope="module")

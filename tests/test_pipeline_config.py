@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from patchrec.pipeline import PROFILES, PROJECT_ROOT, fingerprint, load_pipeline
+from patchrec.contract import fingerprint
+from patchrec.profiles import PROFILES, PROJECT_ROOT, load_pipeline
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))

@@ -52,7 +52,7 @@ def test_quality_harness_end_to_end(tmp_path):
     """bench.quality on the tiny synthetic data and model: every variant, both baselines, every ablation."""
     from bench.quality import COMPARISONS, run, variants
     from patchrec.config import DataConfig
-    from patchrec.pipeline import load_pipeline
+    from patchrec.profiles import load_pipeline
 
     data_cfg = DataConfig(**{**load_pipeline("tiny").data.model_dump(), "out": tmp_path / "data"})
     report = run("tiny", data_cfg, tmp_path, budget=4, test_samples=6, lr=5e-4, base="tiny", sasrec_epochs=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,8 @@ from patchrec.data.sequences import SequenceStore
 from patchrec.model import add_prompt_tokens, build_tiny
 from patchrec.patching import CatalogTable
 from patchrec.prompts import PromptConfig, render_pieces, tokenize_titles
-from patchrec.training import latest_checkpoint, train_stage, wrap_for_training
+from patchrec.model import attach_trainable
+from patchrec.training import fit, latest_checkpoint
 from tests.conftest import write
 
 WORDS = ["Red", "Blue", "Night", "Day", "Star", "River", "King", "Ghost", "City", "Dream"]
@@ -57,22 +57,22 @@ def _cfg(**kw):
 def test_curriculum_share_rises_with_the_step(data, tmp_path):
     model, pieces, catalog, new = _setup(data)
     torch.manual_seed(0)
-    model = wrap_for_training(model, _cfg(), new)
-    res = train_stage(model, SequenceStore(data, max_history=20), catalog, pieces, _cfg(), tmp_path, progress=False)
+    model = attach_trainable(model, _cfg(), new)
+    res = fit(model, SequenceStore(data, max_history=20), catalog, pieces, _cfg(), tmp_path, progress=False)
     s = res.compressed_share
     assert len(s) == 12 and s[0] == 0.0
     assert np.mean(s[:4]) < np.mean(s[4:8]) < np.mean(s[8:])
     assert s[-1] > 0.6  # p = 11/12 at the last step
-    assert (tmp_path / "meta.json").is_file() and latest_checkpoint(tmp_path / "checkpoints").name == "step_12"
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step_12"
 
 
 def test_pft_session_loss_falls(data, tmp_path):
     model, pieces, catalog, new = _setup(data)
     cfg = _cfg(stage="pft", layout="session", group=3, max_samples=None, finetune="full", checkpoint_every=1000)
     torch.manual_seed(0)
-    model = wrap_for_training(model, cfg, new)
+    model = attach_trainable(model, cfg, new)
     store = SequenceStore(data, max_history=20)
-    res = train_stage(model, store, catalog, pieces, cfg, tmp_path, progress=False)
+    res = fit(model, store, catalog, pieces, cfg, tmp_path, progress=False)
     assert res.steps > 20 and np.isfinite(res.final_loss)
     assert np.mean(res.losses[-5:]) < 0.8 * np.mean(res.losses[:5])
 
@@ -85,17 +85,17 @@ def test_resume_equals_uninterrupted_run(data, tmp_path, finetune):
     def fresh():
         model, pieces, catalog, new = _setup(data, seed=1)
         torch.manual_seed(123)
-        return wrap_for_training(model, cfg, new), pieces, catalog
+        return attach_trainable(model, cfg, new), pieces, catalog
 
     model, pieces, catalog = fresh()
-    train_stage(model, store, catalog, pieces, cfg, tmp_path / "straight", progress=False)
+    fit(model, store, catalog, pieces, cfg, tmp_path / "straight", progress=False)
     straight = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     model, pieces, catalog = fresh()
-    train_stage(model, store, catalog, pieces, cfg, tmp_path / "resumed", max_steps=5, progress=False)  # "crash"
+    fit(model, store, catalog, pieces, cfg, tmp_path / "resumed", max_steps=5, progress=False)  # "crash"
     torch.manual_seed(999)  # a new process: different global RNG until the checkpoint restores it
     model, pieces, catalog = fresh()
-    res = train_stage(model, store, catalog, pieces, cfg, tmp_path / "resumed", progress=False)
+    res = fit(model, store, catalog, pieces, cfg, tmp_path / "resumed", progress=False)
     assert res.steps == 12
     for n, p in model.named_parameters():
         if p.requires_grad:
@@ -103,18 +103,16 @@ def test_resume_equals_uninterrupted_run(data, tmp_path, finetune):
 
 
 def test_rerun_after_the_last_checkpoint_reports_the_real_run(data, tmp_path):
-    """Killed after the last checkpoint but before meta.json: the re-run reports the whole run, not NaN/0."""
+    """Killed after the last checkpoint but before the stage's files: the re-run reports the whole run, not NaN/0."""
     store = SequenceStore(data, max_history=20)
     cfg = _cfg(checkpoint_every=2, keep_checkpoints=2)
     model, pieces, catalog, new = _setup(data)
     torch.manual_seed(0)
-    model = wrap_for_training(model, cfg, new)
-    first = train_stage(model, store, catalog, pieces, cfg, tmp_path, progress=False)
-    (tmp_path / "meta.json").unlink()
-    again = train_stage(model, store, catalog, pieces, cfg, tmp_path, progress=False)
+    model = attach_trainable(model, cfg, new)
+    first = fit(model, store, catalog, pieces, cfg, tmp_path, progress=False)
+    again = fit(model, store, catalog, pieces, cfg, tmp_path, progress=False)
     assert again.final_loss == first.final_loss and np.isfinite(again.final_loss)
     assert again.samples == first.samples == 48 and again.losses == first.losses
-    assert json.loads((tmp_path / "meta.json").read_text())["samples"] == 48
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_10", "step_12"]
 
 
@@ -124,8 +122,8 @@ def test_a_planted_pickle_in_a_checkpoint_is_not_executed(data, tmp_path):
     store = SequenceStore(data, max_history=20)
     cfg = _cfg(max_samples=8)
     model, pieces, catalog, new = _setup(data)
-    model = wrap_for_training(model, cfg, new)
-    train_stage(model, store, catalog, pieces, cfg, tmp_path, max_steps=1, progress=False)
+    model = attach_trainable(model, cfg, new)
+    fit(model, store, catalog, pieces, cfg, tmp_path, max_steps=1, progress=False)
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -136,5 +134,5 @@ def test_a_planted_pickle_in_a_checkpoint_is_not_executed(data, tmp_path):
     with open(ck / "state.pt", "wb") as fh:
         pickle.dump({"step": 1, "evil": Evil()}, fh)
     with pytest.raises(pickle.UnpicklingError):
-        train_stage(model, store, catalog, pieces, cfg, tmp_path, progress=False)
+        fit(model, store, catalog, pieces, cfg, tmp_path, progress=False)
     assert not marker.exists()

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from patchrec.contract import MANIFEST
 from patchrec.data.formats import SourceError
 
 __all__ = ["Build", "building", "cache_dir", "current", "root"]
@@ -43,7 +44,7 @@ def current(out: Path) -> Path | None:
     out = Path(out)
     if out.is_symlink():
         target = out.resolve()
-        return target if (target / "prepare.json").is_file() else None
+        return target if (target / MANIFEST).is_file() else None
     if out.exists():
         raise SourceError(f"{out} is not a prepared folder published by this version (expected a link to "
                           f"{root(out).name}/gen-*); choose another --out")
@@ -98,7 +99,13 @@ class Build:
     published: bool = False
 
     def publish(self) -> Path:
-        """Make this build the generation `out` points at; returns the published folder."""
+        """Make this build the generation `out` points at; returns the published folder.
+
+        Raises:
+            SourceError: the build has no manifest (it was not validated to the end).
+        """
+        if not (self.path / MANIFEST).is_file():
+            raise SourceError(f"{self.path} has no {MANIFEST}: an unfinished generation is never published")
         gen = self.path.parent / self.path.name.replace("build-", "gen-", 1)
         os.replace(self.path, gen)
         _link(self.out, gen)

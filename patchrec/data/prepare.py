@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from patchrec.config import DataConfig
+from patchrec.contract import StageOutput, data_fingerprint, write_manifest
 from patchrec.data.generations import building
 from patchrec.data.ingest import IngestReport, ingest
 from patchrec.data.sequences import build_splits
@@ -22,7 +23,11 @@ __all__ = ["prepare_data", "summarize", "unchanged_summary"]
 def summarize(
     folder: Path, ingest_report: dict[str, Any], split_report: dict[str, Any], validation: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The one JSON object `patchrec data prepare --json` prints; also written to `folder/prepare.json`."""
+    """The one JSON object `patchrec data prepare --json` prints; also written to `folder/prepare.json`.
+
+    Writes the generation's manifest last (stage `prepare`, fingerprint = content hash of the tables): the
+    generation is finished once it is validated, and only a finished generation is published.
+    """
     keys = ("format", "rows_read", "lines_read", "rows_accepted", "rows_quarantined", "rows_deduplicated",
             "rows_filtered", "rows_filtered_rating", "rows_filtered_kcore", "users", "items", "interactions",
             "items_read", "items_quarantined", "changed", "files_new", "files_removed")
@@ -33,6 +38,10 @@ def summarize(
         "validation": {v["table"]: v["success"] for v in validation},
     }
     write_json(summary, Path(folder) / "prepare.json")
+    counts = {k: float(summary[k]) for k in ("rows_read", "rows_accepted", "rows_quarantined", "rows_deduplicated",
+                                             "rows_filtered", "users", "items", "interactions")}
+    counts.update({f"samples_{k}": float(v) for k, v in summary["samples"].items()})
+    write_manifest(folder, "prepare", data_fingerprint(folder), StageOutput(metrics=counts, info={"protocol": summary["protocol"]}))
     return summary
 
 

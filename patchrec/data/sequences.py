@@ -20,7 +20,7 @@ from patchrec.data.generations import cache_dir
 from patchrec.io import read_json, write_json, write_parquet
 from patchrec.sql import connect, relation
 
-__all__ = ["SplitReport", "build_splits", "resolve_protocol", "SequenceStore"]
+__all__ = ["SequenceStore", "SplitReport", "build_splits", "resolve_protocol", "sample_split"]
 
 SPLITS = ("train", "val", "test")
 
@@ -108,3 +108,11 @@ class SequenceStore:
         pos = int(self.sample_pos[i])
         lo = max(0, pos - self.max_history)
         return self.flat[start + lo : start + pos], int(self.flat[start + pos])
+
+
+def sample_split(store: SequenceStore, split: str, max_samples: int | None, seed: int) -> np.ndarray:
+    """The sample indices of `split`, or a sorted random subset of `max_samples` of them (fixed by `seed`)."""
+    idx = store.indices(split)
+    if max_samples and len(idx) > max_samples:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_samples, replace=False))
+    return idx

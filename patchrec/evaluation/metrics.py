@@ -10,10 +10,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["KS", "first_ranks", "masked_ranks", "hit_rate_at_k", "ndcg_at_k", "summarize_ranks", "bootstrap_ci",
-           "paired_bootstrap_diff", "lenient_paper_ranks"]
+__all__ = ["HISTORY_BUCKETS", "KS", "bootstrap_ci", "by_history_length", "first_ranks", "hit_rate_at_k",
+           "lenient_paper_ranks", "masked_ranks", "ndcg_at_k", "paired_bootstrap_diff", "summarize_ranks"]
 
 KS = (1, 5, 10, 20)
+HISTORY_BUCKETS = ((1, 10), (11, 20), (21, 50), (51, 100), (101, 10**9))
 
 
 def first_ranks(ranked: Sequence[Sequence[int]], targets: Sequence[int]) -> np.ndarray:
@@ -108,4 +109,20 @@ def lenient_paper_ranks(generated_titles: Sequence[Sequence[str]], target_titles
         for r, g in enumerate(titles):
             if g.strip().startswith(t.strip()):
                 out[i] = r
+    return out
+
+
+def _bucket(n: int) -> str:
+    lo, hi = next(b for b in HISTORY_BUCKETS if b[0] <= n <= b[1])
+    return f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"
+
+
+def by_history_length(ranks: np.ndarray, hist_len: np.ndarray) -> dict[str, dict[str, float]]:
+    """HR/NDCG@{10,20} and the sample count `n` per history-length bucket (HISTORY_BUCKETS), in first-seen order."""
+    ranks = np.asarray(ranks)
+    buckets = np.array([_bucket(int(n)) for n in hist_len])
+    out: dict[str, dict[str, float]] = {}
+    for b in dict.fromkeys(buckets):
+        m = buckets == b
+        out[b] = {"n": int(m.sum()), **summarize_ranks(ranks[m], ks=(10, 20))}
     return out

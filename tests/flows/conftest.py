@@ -19,7 +19,7 @@ def prefect_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_state(prefect_server, tmp_path_factory):
     """One full-pipeline run of the tiny profile in a fresh state folder: (state, result)."""
-    from flows.pipeline import full_pipeline
+    from flows.pipeline import full_pipeline_flow as full_pipeline
 
     state = tmp_path_factory.mktemp("state")
     result = full_pipeline("tiny", state_dir=str(state))

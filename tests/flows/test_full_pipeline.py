@@ -24,7 +24,13 @@ def test_first_run_trains_everything_and_registers_a_champion(tiny_state):
     labels = client.get_registered_model("patchrec-tiny").aliases
     assert labels == {"champion": 1, "challenger": 1}
     version = client.get_model_version("patchrec-tiny", "1")
-    assert float(version.tags["val_ndcg_10"]) == pytest.approx(res["metrics"]["val_ndcg_10"], abs=1e-6)
+    assert not any(k.startswith(("val_", "test_")) for k in version.tags)  # metrics live on the run and the model
+    run = client.get_run(version.run_id)
+    assert run.data.metrics["val_ndcg_10"] == pytest.approx(res["metrics"]["val_ndcg_10"], abs=1e-6)
+    (model,) = [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
+    assert {m.key: m.value for m in model.metrics}["test_hr_10"] == pytest.approx(res["metrics"]["test_hr_10"])
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_mlflow_parent_and_nested_stage_runs(tiny_state):
@@ -58,7 +64,7 @@ def test_mlflow_parent_and_nested_stage_runs(tiny_state):
 
 
 def test_rerun_reuses_stages_and_registers_nothing(tiny_state):
-    from flows.pipeline import full_pipeline
+    from flows.pipeline import full_pipeline_flow as full_pipeline
 
     state, first = tiny_state
     again = full_pipeline("tiny", state_dir=str(state))
@@ -67,7 +73,7 @@ def test_rerun_reuses_stages_and_registers_nothing(tiny_state):
 
 
 def test_guarded_promotion_and_rollback(tiny_state):
-    from flows.pipeline import full_pipeline
+    from flows.pipeline import full_pipeline_flow as full_pipeline
     from patchrec import registry
 
     state, _ = tiny_state
@@ -109,7 +115,7 @@ def test_pyfunc_model_recommends_and_rejects_bad_input(tiny_state):
 
 
 def test_failed_stage_keeps_earlier_outputs(tiny_state, monkeypatch):
-    from flows.pipeline import full_pipeline
+    from flows.pipeline import full_pipeline_flow as full_pipeline
     from patchrec import registry
 
     def broken(*args, **kwargs):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import shutil
 
-from patchrec.pipeline import PROJECT_ROOT
+from patchrec.profiles import PROJECT_ROOT
 
 
 def test_nightly_retrain(prefect_server, tmp_path):
     from mlflow import MlflowClient
 
-    from flows.pipeline import nightly_retrain
+    from flows.pipeline import nightly_retrain_flow as nightly_retrain
     from patchrec import tracking
+    from patchrec.contract import read_manifest
     from patchrec.io import read_json
 
     raw = tmp_path / "raw"
@@ -34,6 +35,5 @@ def test_nightly_retrain(prefect_server, tmp_path):
     assert night["trained"] and "warm start from champion v1" in night["reason"]
     assert "ppt" not in night["reused"]  # warm start: fine-tuning continues from the champion, no PPT
     assert night["registry"]["version"] == 2 and night["registry"]["promoted"]
-    pft_cfg = read_json(f"{night['run_dir']}/config.json")
-    assert "champions/patchrec-tiny/v1" in pft_cfg["init_from"]
+    assert "champions/patchrec-tiny/v1" in read_manifest(night["run_dir"], "pft").info["init_from"]
     assert read_json(tmp_path / "state" / "data" / "tiny" / "prepare.json")["users"] == 64

@@ -8,7 +8,7 @@ from patchrec.config import DataConfig
 
 
 def test_prepare_data_flow(prefect_server, ml100k_dir, tmp_path):
-    from flows.prepare_data import prepare_data
+    from flows.prepare_data import prepare_data_flow as prepare_data
 
     cfg = DataConfig(format="movielens-100k", raw=ml100k_dir, out=tmp_path / "out", min_rating=4.0)
     summary = prepare_data(cfg)

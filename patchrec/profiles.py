@@ -1,14 +1,14 @@
-"""The full pipeline's typed configuration: named profiles, dotted overrides, and stage fingerprints.
+"""The pipeline's typed configuration: named profiles and dotted overrides.
 
 A profile is a complete `PipelineConfig` for one dataset and budget. Overrides are `{"pft.lr": 1e-4}`-style
-dotted keys applied before validation, so a typo fails loudly. Relative raw-data paths resolve against the
-project root; every output goes under the state folder (`PATCHREC_STATE`, default `<project>/.state`).
+dotted keys (`parse_overrides` reads them from `key=value` text) applied before validation, so a typo fails
+loudly. Relative raw-data paths resolve against the project root (the source tree; the working folder when
+installed); every output goes under the state folder (`PATCHREC_STATE`, default `<project>/.state`).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,13 +17,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from patchrec.config import DataConfig, EvalConfig, ModelConfig, SASRecConfig, TrainConfig, load_source
-from patchrec.io import file_digest
 from patchrec.prompts import PromptConfig
 
-__all__ = ["PROFILES", "PROJECT_ROOT", "RegistryConfig", "PipelineConfig", "load_pipeline", "fingerprint",
-           "data_fingerprint", "model_identity", "state_path"]
+__all__ = ["PROFILES", "PROJECT_ROOT", "PipelineConfig", "RegistryConfig", "flatten", "load_pipeline",
+           "model_identity", "parse_overrides", "state_path"]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+def _project_root() -> Path:
+    """The source tree when running from one (it has pyproject.toml), else the working folder."""
+    tree = Path(__file__).resolve().parents[1]
+    return tree if (tree / "pyproject.toml").is_file() else Path.cwd()
+
+
+PROJECT_ROOT = _project_root()
 
 
 class RegistryConfig(BaseModel):
@@ -80,7 +86,7 @@ class PipelineConfig(BaseModel):
 
     def summary(self) -> dict[str, Any]:
         """Flat params for MLflow (dotted keys, scalar values)."""
-        return _flatten(self.model_dump(mode="json"))
+        return flatten(self.model_dump(mode="json"))
 
 
 _ML100K_DATA = {"format": "movielens-100k", "raw": "../shared/data/ml-100k", "min_rating": 4.0}
@@ -139,11 +145,12 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -194,20 +201,20 @@ def load_pipeline(profile: str = "demo", overrides: dict[str, Any] | None = None
         raise ValueError(f"profile {profile!r} with overrides {overrides or {}}: {exc}") from exc
 
 
-def fingerprint(*parts: Any) -> str:
-    """A short, stable hash of JSON-able parts (configs, upstream fingerprints)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def data_fingerprint(data_dir: Path) -> str:
-    """Content hash of the tables training and ranking read (items, sequences, samples)."""
-    data_dir = Path(data_dir)
-    return fingerprint([file_digest(data_dir / f)[1] for f in ("items.parquet", "sequences.parquet",
-                                                               "samples.parquet")])
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; values are parsed as JSON when they can be (numbers, null, lists), else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value (e.g. pft.max_samples=64), got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def model_identity(mcfg: ModelConfig) -> dict[str, Any]:
     """The parts of a model config that change results (not where the cache lives)."""
     return mcfg.model_dump(mode="json", exclude={"cache_dir"})
-

@@ -1,0 +1,160 @@
+"""A model ready to use: base LM, trained weights, tokenizer, prompt pieces and the catalog table.
+
+Training, evaluation and the served model all load through here; it imports nothing from training.
+Ranking sits behind the `Ranker` interface: `GenerativeRanker` is the paper's head (constrained beam
+search over catalog titles); another head plugs in as another `Ranker` without touching stages,
+registry or serving.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from patchrec.config import ModelConfig, TrainConfig
+from patchrec.contract import read_manifest
+from patchrec.evaluation.beam import Ranking, rank_one
+from patchrec.evaluation.trie import TitleTrie
+from patchrec.hardware import device, use_bf16
+from patchrec.model import add_prompt_tokens, attach_trainable, build_tiny, ensure_smollm2, load_causal_lm, load_trainable
+from patchrec.patching import Batch, CatalogTable, assemble, item_patches, layout_kinds
+from patchrec.prompts import PromptConfig, PromptPieces, render_pieces, tokenize_titles
+
+__all__ = ["Base", "GenerativeRanker", "Ranker", "Ranking", "RunSpec", "Runtime", "load_catalog", "read_items"]
+
+
+class RunSpec(BaseModel):
+    """The configs a trained run was made with; recorded in its manifest and in bundles."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    train: TrainConfig
+    model: ModelConfig
+    prompt: PromptConfig = PromptConfig()
+
+    @classmethod
+    def of_run(cls, run_dir: Path) -> RunSpec:
+        """The spec of a finished training folder (its manifest's config)."""
+        return cls.model_validate(read_manifest(run_dir).config)
+
+
+def read_items(path: Path) -> pd.DataFrame:
+    """`items.parquet` sorted by item_idx, which must be 0..N-1 (the catalog table's row order)."""
+    items = pd.read_parquet(path).sort_values("item_idx").reset_index(drop=True)
+    if not np.array_equal(items.item_idx.to_numpy(), np.arange(len(items))):
+        raise ValueError(f"{path}: item_idx must be 0..N-1 for the catalog table")
+    return items
+
+
+def load_catalog(path: Path, expect_items: int) -> CatalogTable:
+    """Title token ids of a catalog stage's file (patches are recomputed from the model being used)."""
+    from safetensors.torch import load_file
+
+    t = load_file(str(path))
+    if t["title_ids"].shape[0] != expect_items:
+        raise ValueError(f"{path} holds {t['title_ids'].shape[0]} items but the data has {expect_items}: "
+                         "rebuild the catalog for this data")
+    return CatalogTable(t["title_ids"], t["title_len"])
+
+
+class Base:
+    """The base model with the prompt tokens added, its tokenizer, prompt pieces and the catalog table.
+
+    Args:
+        titles: catalog titles in item-index order.
+        mcfg: which base model.
+        prompt: system and instruction text.
+        catalog_file: a catalog stage's `catalog.safetensors`; skips tokenizing the titles again.
+    """
+
+    def __init__(self, titles: list[str], mcfg: ModelConfig, prompt: PromptConfig, catalog_file: Path | None = None):
+        if mcfg.base == "tiny":
+            self.model, self.tok = build_tiny(titles + [prompt.system, prompt.instruction], hidden=mcfg.tiny_hidden,
+                                              layers=mcfg.tiny_layers)
+        else:
+            path = ensure_smollm2(mcfg.cache_dir) if mcfg.base == "smollm2" else Path(mcfg.base)
+            self.model, self.tok = load_causal_lm(path)
+        ids = add_prompt_tokens(self.model, self.tok)
+        self.model.to(device())
+        self.new_tokens = [ids["seq_start"], ids["item_sep"], ids["seq_end"]]
+        self.pieces: PromptPieces = render_pieces(self.tok, prompt, ids)
+        if catalog_file is not None:
+            self.catalog = load_catalog(catalog_file, expect_items=len(titles)).to(device())
+        else:
+            self.catalog = CatalogTable.from_token_lists(tokenize_titles(self.tok, titles)).to(device())
+
+
+class Ranker(Protocol):
+    """A ranking head: the top-k catalog items after a history."""
+
+    def rank(self, hist: np.ndarray, top_k: int) -> Ranking:
+        """Top-k item indices (best first) and their scores after `hist` (item indices, oldest first)."""
+        ...
+
+
+class Runtime:
+    """A trained run (or the bare base model) ready to build prompts and rank.
+
+    Args:
+        items: the catalog (`read_items`).
+        spec: the run's configs.
+        trainable: the run's `trainable.pt`; None ranks with the base model.
+        catalog_file: a catalog stage's `catalog.safetensors`, if at hand.
+    """
+
+    def __init__(self, items: pd.DataFrame, spec: RunSpec, trainable: Path | None = None,
+                 catalog_file: Path | None = None):
+        self.items, self.spec = items, spec
+        self.base = Base(items.title.astype(str).tolist(), spec.model, spec.prompt, catalog_file)
+        model = self.base.model
+        if trainable is not None:
+            model = attach_trainable(model, spec.train, self.base.new_tokens)
+            load_trainable(model, trainable)
+        self.model = model.eval()
+        self.embed = model.get_input_embeddings()
+        catalog = self.base.catalog
+        with torch.no_grad():
+            catalog.patches = item_patches(self.embed, catalog.title_ids, catalog.title_len)
+        self.layout = "text" if spec.train.layout == "mixed" else spec.train.layout
+
+    @classmethod
+    def of_run(cls, data_dir: Path, run_dir: Path, catalog_file: Path | None = None) -> Runtime:
+        """A finished training folder on the catalog of a prepared data folder."""
+        return cls(read_items(Path(data_dir) / "items.parquet"), RunSpec.of_run(run_dir),
+                   Path(run_dir) / "trainable.pt", catalog_file)
+
+    def prompt(self, hist: np.ndarray) -> Batch:
+        """The prompt of one history (the newest `max_history` items) in the run's layout."""
+        hist = np.asarray(hist, dtype=np.int64)[-self.spec.train.max_history:]
+        tcfg = self.spec.train
+        kinds, groups = layout_kinds(torch.tensor([len(hist)]), self.layout, k=tcfg.k, group=tcfg.group)
+        return assemble(torch.from_numpy(hist), torch.tensor([0, len(hist)]), None, kinds, groups,
+                        self.base.catalog, self.base.pieces, self.embed)
+
+    def ranker(self, head: Literal["generative"] = "generative", num_beams: int = 20, length_penalty: float = 1.0,
+               bf16: bool | Literal["auto"] = "auto") -> Ranker:
+        """The ranking head to use with this model."""
+        if head != "generative":
+            raise ValueError(f"unknown ranking head {head!r}")
+        return GenerativeRanker(self, num_beams, length_penalty, bf16)
+
+
+class GenerativeRanker:
+    """The paper's head: constrained beam search over catalog titles (one prefill per user)."""
+
+    def __init__(self, runtime: Runtime, num_beams: int = 20, length_penalty: float = 1.0,
+                 bf16: bool | Literal["auto"] = "auto"):
+        self.runtime, self.num_beams, self.length_penalty, self.bf16 = runtime, num_beams, length_penalty, bf16
+        cat = runtime.base.catalog
+        self.trie = TitleTrie.build(cat.title_ids, cat.title_len, runtime.base.pieces.end[0])
+
+    @torch.no_grad()
+    def rank(self, hist: np.ndarray, top_k: int) -> Ranking:
+        beams = max(self.num_beams, top_k)
+        with torch.autocast(device().type, dtype=torch.bfloat16, enabled=use_bf16(self.bf16)):
+            batch = self.runtime.prompt(hist)
+            return rank_one(self.runtime.model, batch.inputs_embeds, self.trie, beams, top_k, self.length_penalty)
