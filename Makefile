@@ -23,11 +23,12 @@ SERVE_PORT ?= 5001
 
 QUALITY_PROFILE ?= ml-100k
 
-.PHONY: help venv demo test bench quality up down status run nightly mlflow-ui serve clean
+.PHONY: help venv demo test test-fast bench quality up down status run nightly mlflow-ui serve clean
 
 help:
 	@echo "make demo       # set up, then the full pipeline on MovieLens-100k + SmolLM2 (demo profile), registered in MLflow"
-	@echo "make test       # set up, then run the test suite"
+	@echo "make test       # set up, then the linter and the whole test suite (what CI runs)"
+	@echo "make test-fast  # the unit tier only: no real Prefect server, serving or whole pipelines (~1 min)"
 	@echo "make bench      # run every benchmark; JSON goes to bench/results/"
 	@echo "make quality    # LLM variants vs popularity/SASRec on the paper split (QUALITY_PROFILE=ml-100k, ~1 h on 2 cores)"
 	@echo "make up         # local Prefect server (127.0.0.1:4200) + work pool + deployments + worker; make down stops them"
@@ -74,7 +75,11 @@ serve: $(STAMP)
 	MLFLOW_TRACKING_URI="$(MLFLOW_URI)" $(PY) -m patchrec.cli serve --model "models:/patchrec-$(DATASET)@champion" --host 127.0.0.1 --port $(SERVE_PORT)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all

@@ -138,8 +138,8 @@ def _naive_batch(store, idx, s, mode, max_hist, k, group):
     x = torch.zeros(len(rows), S, rows[0].shape[1], device=dev)
     y = torch.full((len(rows), S), -100, device=dev)
     m = torch.zeros(len(rows), S, dtype=torch.long, device=dev)
-    for b, (r, l) in enumerate(zip(rows, labels)):
-        x[b, : len(r)], y[b, : len(l)], m[b, : len(r)] = r, l, 1
+    for b, (r, lab) in enumerate(zip(rows, labels)):
+        x[b, : len(r)], y[b, : len(lab)], m[b, : len(r)] = r, lab, 1
     return x, m, y
 
 
@@ -161,8 +161,13 @@ def train_speed(s, store, steps: int, batch: int) -> dict:
     emb = model.get_input_embeddings().weight.numel()
     n_params = sum(p.numel() for p in model.parameters()) - emb
     flops_per_token = 4 * n_params
-    res = {"bf16": bf16, "batch": batch, "steps": steps,
-           "flops_note": "flops_per_s = 4 x non-embedding parameters x tokens / s (LoRA: frozen weights get no weight grads)"}
+    res = {
+        "bf16": bf16,
+        "batch": batch,
+        "steps": steps,
+        "flops_note": "flops_per_s = 4 x non-embedding parameters x tokens / s "
+        "(LoRA: frozen weights get no weight grads)",
+    }
 
     def run(label, mode, mh, k, g, naive=False):
         assembly, total, tokens = 0.0, 0.0, 0
@@ -222,7 +227,10 @@ def rank_speed(s, store, users: int) -> dict:
     trie = TitleTrie.build(s.catalog.title_ids, s.catalog.title_len, s.pieces.end[0])
     s.catalog.patches = _patches(s)
     idx = store.indices("test")[:users]
-    seqs = [s.catalog.title_ids[i, : s.catalog.title_len[i]].tolist() + s.pieces.end for i in range(len(s.catalog.title_len))]
+    seqs = [
+        s.catalog.title_ids[i, : s.catalog.title_len[i]].tolist() + s.pieces.end
+        for i in range(len(s.catalog.title_len))
+    ]
     root: dict = {}
     for q in seqs:
         node = root
@@ -278,9 +286,17 @@ def main(argv: list[str] | None = None) -> dict:
     def setup_for(data: Path) -> Base:
         return Base(read_items(data / "items.parquet").title.astype(str).tolist(), mcfg, PromptConfig())
 
-    report: dict = {"benchmark": "core", "command": "python -m bench.core " + " ".join(argv or sys.argv[1:]),
-                    "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
-                                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}, "date": time.strftime("%Y-%m-%d"), "base": args.base}
+    report: dict = {
+        "benchmark": "core",
+        "command": "python -m bench.core " + " ".join(argv or sys.argv[1:]),
+        "machine": {
+            "platform": platform.platform(),
+            "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        },
+        "date": time.strftime("%Y-%m-%d"),
+        "base": args.base,
+    }
     report["tokens_per_prompt"] = tokens_per_prompt(setup_for, args.work, args.paper)
     data = args.work / "ml-100k"
     store = SequenceStore(data, max_history=100)
@@ -293,7 +309,9 @@ def main(argv: list[str] | None = None) -> dict:
                             reps=20 if gpu else 2)}
     report["training"] = train_speed(setup_for(data), store, args.train_steps, args.batch)
     best = max(report["peak_matmul_flops"].values())
-    report["training"]["ours PFT-S(G=5)"]["fraction_of_matmul_peak"] = report["training"]["ours PFT-S(G=5)"]["flops_per_s"] / best
+    report["training"]["ours PFT-S(G=5)"]["fraction_of_matmul_peak"] = (
+        report["training"]["ours PFT-S(G=5)"]["flops_per_s"] / best
+    )
     report["ranking"] = rank_speed(setup_for(data), store, args.rank_users)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -29,7 +29,8 @@ from patchrec.data.ingest import ingest
 t = time.perf_counter()
 r = ingest(DataConfig(format=sys.argv[1], raw=sys.argv[2], out=sys.argv[3], rebuild=True))
 dt = time.perf_counter() - t
-print(json.dumps({"seconds": dt, "rows": r.rows_read, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": dt, "rows": r.rows_read, "peak_rss_mb": rss}))
 """
 
 _PANDAS = """
@@ -40,7 +41,8 @@ sep, engine = sys.argv[2], sys.argv[3]
 df = pd.read_csv(sys.argv[1], sep=sep, engine=engine, header=None, names=["user", "item", "rating", "ts"])
 df.to_parquet(sys.argv[4])
 dt = time.perf_counter() - t
-print(json.dumps({"seconds": dt, "rows": len(df), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": dt, "rows": len(df), "peak_rss_mb": rss}))
 """
 
 
@@ -63,7 +65,8 @@ def make_dat_log(folder: Path, events: int, users: int = 200_000, items: int = 2
         params={"users": users, "items": items, "n": events, "out": str(folder / "ratings.dat")},
     )
     con.sql(
-        "copy (select i as id, 'Movie ' || i || ' (1999)' as title, 'Drama' as genres from range(1, $items + 1) tbl(i)) "
+        "copy (select i as id, 'Movie ' || i || ' (1999)' as title, 'Drama' as genres "
+        "from range(1, $items + 1) tbl(i)) "
         "to $out (format csv, delimiter '::', header false, quote '')",
         params={"items": items, "out": str(folder / "movies.dat")},
     )
@@ -91,12 +94,18 @@ def main(argv: list[str] | None = None) -> dict:
             results.append(compare("ml-100k", "movielens-100k", args.ml100k, args.ml100k / "u.data", "\t", "c", work))
         for n in (args.small_events, args.events):
             raw = make_dat_log(work / f"dat{n}", n)
-            results.append(compare(f"synthetic-dat-{n}", "movielens-dat", raw, raw / "ratings.dat", "::", "python", work))
+            results.append(
+                compare(f"synthetic-dat-{n}", "movielens-dat", raw, raw / "ratings.dat", "::", "python", work)
+            )
             (raw / "ratings.dat").unlink()
     report = {
         "benchmark": "ingest",
         "command": "python -m bench.ingest " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": __import__("os").cpu_count()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": __import__("os").cpu_count(),
+        },
         "date": time.strftime("%Y-%m-%d"),
         "results": results,
     }

@@ -48,17 +48,25 @@ def variants(budget: int, lr: float) -> dict[str, dict[str, Any]]:
                       grad_accum=2)
     pft_s = dict(stage="pft", layout="session", max_history=100)
     return {
-        "SFT-20": {"ppt": None, "pft": TrainConfig(stage="sft", layout="text", max_history=20, max_samples=budget, lr=lr)},
-        "SFT-100": {"ppt": None, "pft": TrainConfig(stage="sft", layout="text", max_history=100, max_samples=budget,
-                                                    lr=lr)},
-        "PPT -> PFT-I(5)": {"ppt": ppt, "pft": TrainConfig(stage="pft", layout="item", k=5, max_history=100,
-                                                           max_samples=half, lr=lr)},
+        "SFT-20": {
+            "ppt": None,
+            "pft": TrainConfig(stage="sft", layout="text", max_history=20, max_samples=budget, lr=lr),
+        },
+        "SFT-100": {
+            "ppt": None,
+            "pft": TrainConfig(stage="sft", layout="text", max_history=100, max_samples=budget, lr=lr),
+        },
+        "PPT -> PFT-I(5)": {
+            "ppt": ppt,
+            "pft": TrainConfig(stage="pft", layout="item", k=5, max_history=100, max_samples=half, lr=lr),
+        },
         "PPT -> PFT-S(5)": {"ppt": ppt, "pft": TrainConfig(**pft_s, group=5, max_samples=half, lr=lr)},
         "PFT-S(5), no PPT": {"ppt": None, "pft": TrainConfig(**pft_s, group=5, max_samples=budget, lr=lr)},
         "PPT -> PFT-S(20)": {"ppt": ppt, "pft": TrainConfig(**pft_s, group=20, max_samples=half, lr=lr)},
-        "PPT -> PFT-S(5), full FT": {"ppt": ppt.model_copy(update={"finetune": "full", "lr": lr / 10}),
-                                     "pft": TrainConfig(**pft_s, group=5, max_samples=half, finetune="full",
-                                                        lr=lr / 10)},
+        "PPT -> PFT-S(5), full FT": {
+            "ppt": ppt.model_copy(update={"finetune": "full", "lr": lr / 10}),
+            "pft": TrainConfig(**pft_s, group=5, max_samples=half, finetune="full", lr=lr / 10),
+        },
     }
 
 

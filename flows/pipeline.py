@@ -15,15 +15,27 @@ from prefect import flow
 from flows.prepare_data import prepare_data_flow
 from patchrec.contract import StageRecord
 from patchrec.profiles import PipelineConfig
-from tasks.stages import (baseline_task, catalog_task, close_run_task, evaluate_task, nightly_plan_task, open_run_task,
-                          record_data_task, register_task, resolve_config_task, train_task)
+from tasks.stages import (
+    baseline_task,
+    catalog_task,
+    close_run_task,
+    evaluate_task,
+    nightly_plan_task,
+    open_run_task,
+    record_data_task,
+    register_task,
+    resolve_config_task,
+    train_task,
+)
 
 __all__ = ["full_pipeline_flow", "nightly_retrain_flow", "patchrec_flow"]
 
 Profile = Literal["tiny", "demo", "ml-100k", "ml-1m"]
 
 
-def _train_and_register(cfg: PipelineConfig, data: StageRecord, parent: str, init: StageRecord | None) -> dict[str, Any]:
+def _train_and_register(
+    cfg: PipelineConfig, data: StageRecord, parent: str, init: StageRecord | None
+) -> dict[str, Any]:
     cat = catalog_task(cfg, data, parent)
     done = [cat]
     if init is None and cfg.ppt is not None:

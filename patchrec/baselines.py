@@ -25,7 +25,7 @@ from patchrec.data.sequences import SequenceStore, sample_split
 from patchrec.evaluation.metrics import first_ranks, masked_ranks, summarize_ranks
 from patchrec.io import atomic_path, write_json
 
-__all__ = ["SASRec", "popularity_scores", "train_sasrec", "rank_split", "evaluate_baseline"]
+__all__ = ["SASRec", "evaluate_baseline", "popularity_scores", "rank_split", "train_sasrec"]
 
 
 class SASRec(nn.Module):

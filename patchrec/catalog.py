@@ -57,7 +57,9 @@ def build_catalog_table(data_dir: Path, out_dir: Path, mcfg: ModelConfig, prompt
         for name, (layout, k, group) in PROMPT_LAYOUTS.items():
             lengths = torch.tensor([len(h) for h in hists], dtype=torch.long)
             kinds, groups = layout_kinds(lengths, layout, k=k, group=group)
-            flat = torch.from_numpy(np.concatenate(hists).astype(np.int64)) if hists else torch.zeros(0, dtype=torch.long)
+            flat = (
+                torch.from_numpy(np.concatenate(hists).astype(np.int64)) if hists else torch.zeros(0, dtype=torch.long)
+            )
             offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
             batch = assemble(flat, offsets, None, kinds, groups, cat, base.pieces, embed)
             tokens[name] = float(batch.lengths.float().mean()) if len(idx) else 0.0

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def _data_config(args: argparse.Namespace) -> Any:
@@ -235,7 +235,9 @@ def _cmd_services(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from patchrec import __version__
 
-    parser = argparse.ArgumentParser(prog="patchrec", description="PatchRec: LLM next-item recommendation with patches.")
+    parser = argparse.ArgumentParser(
+        prog="patchrec", description="PatchRec: LLM next-item recommendation with patches."
+    )
     parser.add_argument("--version", action="version", version=f"patchrec {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     top = parser.add_subparsers(dest="command", required=True)
@@ -287,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print eval.json")
     ev.set_defaults(func=_cmd_evaluate)
 
-    bl = top.add_parser("baseline", help="train/evaluate an ID-based baseline (popularity, sasrec) on a prepared folder")
+    bl = top.add_parser(
+        "baseline", help="train/evaluate an ID-based baseline (popularity, sasrec) on a prepared folder"
+    )
     bl.add_argument("--kind", required=True, choices=["popularity", "sasrec"])
     bl.add_argument("--data", required=True, type=Path, help="a prepared data folder")
     bl.add_argument("--out", required=True, type=Path, help="folder for eval.json and ranks.parquet")

@@ -11,17 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "FORMATS",
-    "TableSource",
+    "DataConfig",
+    "EvalConfig",
+    "GenericSource",
     "InteractionSource",
     "ItemSource",
     "KeyMapSource",
-    "GenericSource",
-    "DataConfig",
-    "load_source",
-    "TrainConfig",
     "ModelConfig",
-    "EvalConfig",
     "SASRecConfig",
+    "TableSource",
+    "TrainConfig",
+    "load_source",
 ]
 
 Format = Literal[

@@ -23,8 +23,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from patchrec.io import file_digest, read_json, write_json
 
-__all__ = ["DATA_FILES", "MANIFEST", "Manifest", "ManifestError", "StageOutput", "StageRecord", "Tracker",
-           "data_fingerprint", "finished", "fingerprint", "read_manifest", "run_stage", "write_manifest"]
+__all__ = [
+    "DATA_FILES",
+    "MANIFEST",
+    "Manifest",
+    "ManifestError",
+    "StageOutput",
+    "StageRecord",
+    "Tracker",
+    "data_fingerprint",
+    "fingerprint",
+    "finished",
+    "read_manifest",
+    "run_stage",
+    "write_manifest",
+]
 
 MANIFEST = "manifest.json"
 DATA_FILES = ("items.parquet", "sequences.parquet", "samples.parquet")  # what training and ranking read

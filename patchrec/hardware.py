@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["cpu_has_native_bf16", "use_bf16", "device"]
+__all__ = ["cpu_has_native_bf16", "device", "use_bf16"]
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from typing import Any
 
 import duckdb
 
-__all__ = ["atomic_path", "write_parquet", "write_json", "read_json", "file_digest"]
+__all__ = ["atomic_path", "file_digest", "read_json", "write_json", "write_parquet"]
 
 
 @contextlib.contextmanager

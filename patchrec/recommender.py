@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from pydantic import BaseModel, ConfigDict
 
 from patchrec.io import atomic_path, file_digest, read_json, write_json
@@ -128,7 +127,11 @@ class Recommender:
         self.by_title: dict[str, int] = {}
         for i, t in enumerate(self.titles):
             self.by_title.setdefault(t, i)
-        self.max_history, self.max_rows, self.max_request_bytes = info.max_history, info.max_rows, info.max_request_bytes
+        self.max_history, self.max_rows, self.max_request_bytes = (
+            info.max_history,
+            info.max_rows,
+            info.max_request_bytes,
+        )
 
     def _indices(self, history: Any, row: int, id_type: str) -> np.ndarray:
         if history is None or isinstance(history, (str, bytes)) or not hasattr(history, "__len__"):

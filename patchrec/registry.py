@@ -1,8 +1,9 @@
 """The MLflow model: a pyfunc around `Recommender`, registered as `patchrec-<dataset>` with aliases.
 
 Every new version gets `challenger`. It becomes `champion` only when its validation metric (a metric of the
-run that registered it, also on the logged model) is at least the champion's plus a margin; the version it replaces is recorded in its `previous_champion` tag, so
-`rollback` is one alias switch back. Versions are never deleted: a previous champion stays loadable.
+run that registered it, also on the logged model) is at least the champion's plus a margin; the version it
+replaces is recorded in its `previous_champion` tag, so `rollback` is one alias switch back. Versions are
+never deleted: a previous champion stays loadable.
 """
 
 from __future__ import annotations

@@ -21,7 +21,14 @@ from patchrec.contract import read_manifest
 from patchrec.evaluation.beam import Ranking, rank_one
 from patchrec.evaluation.trie import TitleTrie
 from patchrec.hardware import device, use_bf16
-from patchrec.model import add_prompt_tokens, attach_trainable, build_tiny, ensure_smollm2, load_causal_lm, load_trainable
+from patchrec.model import (
+    add_prompt_tokens,
+    attach_trainable,
+    build_tiny,
+    ensure_smollm2,
+    load_causal_lm,
+    load_trainable,
+)
 from patchrec.patching import Batch, CatalogTable, assemble, item_patches, layout_kinds
 from patchrec.prompts import PromptConfig, PromptPieces, render_pieces, tokenize_titles
 

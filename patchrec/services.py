@@ -17,7 +17,7 @@ from pathlib import Path
 from patchrec.profiles import PROJECT_ROOT
 from patchrec.tracking import USER_ENV
 
-__all__ = ["Services", "POOL", "process_alive"]
+__all__ = ["POOL", "Services", "process_alive"]
 
 POOL = "patchrec-local"
 
@@ -71,8 +71,14 @@ class Services:
         self.pids.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "prefect", *args], cwd=PROJECT_ROOT,
-                                    env={**self.env(), **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "prefect", *args],
+                cwd=PROJECT_ROOT,
+                env={**self.env(), **(extra_env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         (self.pids / f"{name}.pid").write_text(f"{proc.pid}\n")
         return proc.pid
 

@@ -8,9 +8,11 @@ from typing import Any
 
 import duckdb
 
-__all__ = ["SQL_DIR", "load_sql", "connect", "relation", "sql_names"]
+__all__ = ["SQL_DIR", "connect", "load_sql", "relation", "sql_names"]
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+_HERE = Path(__file__).resolve().parent
+# sql_files is a link to the top-level sql/ folder (shipped in the wheel); a checkout without links reads sql/ itself
+SQL_DIR = _HERE / "sql_files" if (_HERE / "sql_files").is_dir() else _HERE.parent / "sql"
 
 
 @functools.cache
@@ -27,7 +29,9 @@ def sql_names() -> list[str]:
     return sorted(p.stem for p in SQL_DIR.glob("*.sql"))
 
 
-def connect(memory_limit: str = "2GB", threads: int | None = None, temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    memory_limit: str = "2GB", threads: int | None = None, temp_dir: Path | None = None
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection whose memory is capped (it spills to `temp_dir` beyond that)."""
     config: dict[str, Any] = {"memory_limit": memory_limit, "preserve_insertion_order": True}
     if threads:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import mlflow
@@ -235,12 +235,23 @@ def register_model(cfg: PipelineConfig, data: StageRecord, cat: StageRecord, run
     name = cfg.model_name
 
     def build(out: Path) -> StageOutput:
-        metrics = {**{f"val_{k}": v for k, v in val.metrics.items()}, **{f"test_{k}": v for k, v in test.metrics.items()}}
+        metrics = {
+            **{f"val_{k}": v for k, v in val.metrics.items()},
+            **{f"test_{k}": v for k, v in test.metrics.items()},
+        }
         mlflow.log_metrics(metrics)
         existing = registry.find_version(name, fp)  # registered before a crash that left no manifest
         if existing is not None:
-            return StageOutput(metrics=metrics, info={"name": name, "version": existing, "registered": False,
-                                                      "promoted": False, "reason": f"already registered as v{existing}"})
+            return StageOutput(
+                metrics=metrics,
+                info={
+                    "name": name,
+                    "version": existing,
+                    "registered": False,
+                    "promoted": False,
+                    "reason": f"already registered as v{existing}",
+                },
+            )
         write_bundle(run.dir, data.dir, cat.dir, out, max_history=cfg.registry.max_history,
                      num_beams=cfg.test.num_beams, length_penalty=cfg.test.length_penalty,
                      max_rows=cfg.registry.max_rows, max_request_bytes=cfg.registry.max_request_bytes)

@@ -15,9 +15,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXPERIMENT_KIND", "USER_ENV", "tracking_uri", "experiment_id", "stage_run", "start_pipeline_run", "end_pipeline_run",
-           "log_training", "log_epochs", "log_eval", "artifact_dir", "plot_training", "plot_history_buckets",
-           "plot_prompt_tokens"]
+__all__ = [
+    "EXPERIMENT_KIND",
+    "USER_ENV",
+    "artifact_dir",
+    "end_pipeline_run",
+    "experiment_id",
+    "log_epochs",
+    "log_eval",
+    "log_training",
+    "plot_history_buckets",
+    "plot_prompt_tokens",
+    "plot_training",
+    "stage_run",
+    "start_pipeline_run",
+    "tracking_uri",
+]
 
 
 # The user's MLflow settings, read before anything in this process sets them: `mlflow.set_tracking_uri`

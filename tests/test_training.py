@@ -11,10 +11,9 @@ import torch
 from patchrec.config import DataConfig, GenericSource, TrainConfig
 from patchrec.data.prepare import prepare_data
 from patchrec.data.sequences import SequenceStore
-from patchrec.model import add_prompt_tokens, build_tiny
+from patchrec.model import add_prompt_tokens, attach_trainable, build_tiny
 from patchrec.patching import CatalogTable
 from patchrec.prompts import PromptConfig, render_pieces, tokenize_titles
-from patchrec.model import attach_trainable
 from patchrec.training import fit, latest_checkpoint
 from tests.conftest import write
 
@@ -29,8 +28,12 @@ def data(tmp_path_factory):
     rng = np.random.default_rng(0)
     rows = [(u, int((u + 3 * j + rng.integers(0, 2)) % 30), 1000 * u + j) for u in range(20) for j in range(25)]
     write(raw / "events.csv", "u,i,t\n" + "".join(f"u{u},{i},{t}\n" for u, i, t in rows))
-    source = GenericSource.model_validate({"interactions": {"path": "events.csv", "user": "u", "item": "i", "time": "t"},
-                                           "items": {"path": "items.csv", "id": "id", "title": "title"}})
+    source = GenericSource.model_validate(
+        {
+            "interactions": {"path": "events.csv", "user": "u", "item": "i", "time": "t"},
+            "items": {"path": "items.csv", "id": "id", "title": "title"},
+        }
+    )
     out = tmp_path_factory.mktemp("prepared")
     prepare_data(DataConfig(format="generic", raw=raw, out=out, source=source, protocol="loo"))
     return out

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from patchrec.io import atomic_path
 
-__all__ = ["ML100K_URL", "ML100K_SHA256", "ensure_ml100k"]
+__all__ = ["ML100K_SHA256", "ML100K_URL", "ensure_ml100k"]
 
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 ML100K_SHA256 = "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229"

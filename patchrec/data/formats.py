@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from patchrec.config import DataConfig, GenericSource, TableSource
 
-__all__ = ["FileSpec", "SourceError", "plan_files", "format_traits"]
+__all__ = ["FileSpec", "SourceError", "format_traits", "plan_files"]
 
 Role = Literal["interactions", "items", "item_map"]
 _JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")

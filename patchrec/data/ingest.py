@@ -35,11 +35,13 @@ from patchrec.data.windows import rebuild_windows
 from patchrec.io import atomic_path, file_digest, read_json, write_json, write_parquet
 from patchrec.sql import connect, relation
 
-__all__ = ["IngestError", "ManifestError", "IngestReport", "ingest", "TABLES"]
+__all__ = ["TABLES", "IngestError", "IngestReport", "RawFileChangedError", "ingest"]
 
 log = logging.getLogger(__name__)
 TABLES = ("interactions", "items", "users", "quarantine")
-_REJECT_SCHEMA = pa.schema([("source_file", pa.string()), ("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())])
+_REJECT_SCHEMA = pa.schema(
+    [("source_file", pa.string()), ("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
+)
 _SCRATCH = "snappy"  # compression of staged and work files: written once, read a few times
 _KEY_SCHEMA = pa.schema([("key", pa.string()), ("idx", pa.int32())])
 
@@ -48,7 +50,7 @@ class IngestError(RuntimeError):
     """Raw data that cannot be ingested; the message names the file and what is wrong."""
 
 
-class ManifestError(IngestError):
+class RawFileChangedError(IngestError):
     """A raw file changed after it was ingested (re-ingesting it would double count)."""
 
 
@@ -122,8 +124,13 @@ def _stage(spec: FileSpec, cfg: DataConfig, cache: Path, sha: str, work: Path) -
     con = connect(cfg.memory_limit, temp_dir=cache / "spill")
     try:
         write_parquet(relation(con, spec.sql, **params), staged, _SCRATCH)
-        parsed = (relation(con, "stg_parse_rejects", source_file=name, max_line_bytes=cfg.max_line_bytes,
-                           encoding=spec.encoding).to_arrow_table() if spec.parse_rejects else _REJECT_SCHEMA.empty_table())
+        parsed = (
+            relation(
+                con, "stg_parse_rejects", source_file=name, max_line_bytes=cfg.max_line_bytes, encoding=spec.encoding
+            ).to_arrow_table()
+            if spec.parse_rejects
+            else _REJECT_SCHEMA.empty_table()
+        )
     except duckdb.Error as exc:
         msg = str(exc).strip().splitlines()[0]
         raise IngestError(f"cannot read {spec.path} as {cfg.format} ({spec.role}): {msg}") from exc
@@ -167,7 +174,7 @@ def ingest(cfg: DataConfig, folder: Path, previous: Path | None, progress: bool 
 
     Raises:
         SourceError: a missing folder or file, an empty file, a missing column.
-        ManifestError: a raw file that changed since it was ingested (use `rebuild`).
+        RawFileChangedError: a raw file that changed since it was ingested (use `rebuild`).
         IngestError: an unreadable file (e.g. truncated gzip), or counts that do not add up.
     """
     t0 = time.perf_counter()
@@ -184,7 +191,7 @@ def ingest(cfg: DataConfig, folder: Path, previous: Path | None, progress: bool 
     changed = [n for n, (size, sha) in digests.items() if n in manifest and manifest[n]["sha256"] != sha]
     if changed:
         details = "; ".join(f"{n}: sha256 {manifest[n]['sha256'][:12]}… -> {digests[n][1][:12]}…" for n in changed)
-        raise ManifestError(
+        raise RawFileChangedError(
             f"raw file(s) changed since they were ingested into {cfg.out}: {details}. "
             "Ingesting them again would double count; move new data to new files, or run with --rebuild."
         )
@@ -241,13 +248,19 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path, ou
     rejects = [str(cache / "rejects" / f"{m['sha256']}.parquet") for m in manifest.values()]
     con = connect(cfg.memory_limit, temp_dir=cache / "spill")
     try:
-        catalog = write_parquet(relation(con, "int_catalog", staged=staged("items")), work / "catalog.parquet", _SCRATCH)
+        catalog = write_parquet(
+            relation(con, "int_catalog", staged=staged("items")), work / "catalog.parquet", _SCRATCH
+        )
         interactions = staged("interactions")
         if traits.windows:
             interactions = [str(rebuild_windows([Path(p) for p in interactions], work / "windows.parquet"))]
         if keymaps := staged("item_map"):
             interactions = [
-                str(write_parquet(relation(con, "int_remap_items", path=p, keymap=keymaps), work / f"mapped{i}.parquet", _SCRATCH))
+                str(
+                    write_parquet(
+                        relation(con, "int_remap_items", path=p, keymap=keymaps), work / f"mapped{i}.parquet", _SCRATCH
+                    )
+                )
                 for i, p in enumerate(interactions)
             ]
         events = write_parquet(
@@ -261,17 +274,25 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path, ou
         user_keys, item_keys = state / "user_keys.parquet", state / "item_keys.parquet"
         _empty_keys(user_keys)
         _empty_keys(item_keys)
-        new_users = write_parquet(relation(con, "int_keys", previous=str(user_keys), keys_from=str(kept), key_col="user_key"),
-                                  work / "user_keys.parquet")
-        new_items = write_parquet(relation(con, "int_keys", previous=str(item_keys), keys_from=str(catalog), key_col="item_key"),
-                                  work / "item_keys.parquet")
+        new_users = write_parquet(
+            relation(con, "int_keys", previous=str(user_keys), keys_from=str(kept), key_col="user_key"),
+            work / "user_keys.parquet",
+        )
+        new_items = write_parquet(
+            relation(con, "int_keys", previous=str(item_keys), keys_from=str(catalog), key_col="item_key"),
+            work / "item_keys.parquet",
+        )
         shutil.move(new_users, user_keys)
         shutil.move(new_items, item_keys)
 
-        write_parquet(relation(con, "mart_items", catalog=str(catalog), item_keys=str(item_keys)), out / "items.parquet")
+        write_parquet(
+            relation(con, "mart_items", catalog=str(catalog), item_keys=str(item_keys)), out / "items.parquet"
+        )
         inter = write_parquet(relation(con, "mart_interactions", events=str(kept), user_keys=str(user_keys),
                                        item_keys=str(item_keys)), out / "interactions.parquet")
-        write_parquet(relation(con, "mart_users", user_keys=str(user_keys), interactions=str(inter)), out / "users.parquet")
+        write_parquet(
+            relation(con, "mart_users", user_keys=str(user_keys), interactions=str(inter)), out / "users.parquet"
+        )
         write_parquet(relation(con, "mart_quarantine", parse_rejects=rejects, catalog=str(catalog), events=str(events)),
                       out / "quarantine.parquet")
         cat = dict(relation(con, "report_status_counts", path=str(catalog)).fetchall())
@@ -294,7 +315,9 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path, ou
     report.items_quarantined = cat.get("quarantined", 0) + parse_rejected["items"]
     accounted = report.rows_accepted + report.rows_quarantined + report.rows_deduplicated + report.rows_filtered
     if accounted != report.rows_read:
-        raise IngestError(f"counts do not add up: read {report.rows_read}, accounted for {accounted} ({report.to_dict()})")
+        raise IngestError(
+            f"counts do not add up: read {report.rows_read}, accounted for {accounted} ({report.to_dict()})"
+        )
     if not traits.windows and report.rows_read != report.lines_read:
         raise IngestError(f"counts do not add up: {report.lines_read} data lines read, {report.rows_read} rows checked")
     if report.rows_read and report.interactions == 0:
@@ -317,7 +340,9 @@ def _kcore(con: duckdb.DuckDBPyConnection, events: Path, n_kept: int, k: int, wo
     path, n, step = events, n_kept, 0
     while k > 0:
         step += 1
-        path = write_parquet(relation(con, "int_kcore_step", path=str(path), k=k), work / f"kcore{step}.parquet", _SCRATCH)
+        path = write_parquet(
+            relation(con, "int_kcore_step", path=str(path), k=k), work / f"kcore{step}.parquet", _SCRATCH
+        )
         m = pq.read_metadata(path).num_rows
         if m == n:
             break

@@ -19,7 +19,7 @@ from typing import IO
 
 from patchrec.io import atomic_path
 
-__all__ = ["LineScan", "scan_lines", "without_lines", "original_line"]
+__all__ = ["LineScan", "original_line", "scan_lines", "without_lines"]
 
 RAW_CHARS = 1000  # a reject row keeps at most this much of the raw line
 
@@ -45,7 +45,9 @@ def _lines(path: Path, encoding: str) -> Iterator[tuple[int, bytes | str]]:
         yield from enumerate(fh, start=1)
 
 
-def scan_lines(path: Path, *, header: bool, quote: str, encoding: str, empty_reason: str | None = "empty line") -> LineScan:
+def scan_lines(
+    path: Path, *, header: bool, quote: str, encoding: str, empty_reason: str | None = "empty line"
+) -> LineScan:
     """Count the data lines of `path` and find empty lines and lines with an odd number of `quote` characters.
 
     Args:

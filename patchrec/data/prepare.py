@@ -41,7 +41,9 @@ def summarize(
     counts = {k: float(summary[k]) for k in ("rows_read", "rows_accepted", "rows_quarantined", "rows_deduplicated",
                                              "rows_filtered", "users", "items", "interactions")}
     counts.update({f"samples_{k}": float(v) for k, v in summary["samples"].items()})
-    write_manifest(folder, "prepare", data_fingerprint(folder), StageOutput(metrics=counts, info={"protocol": summary["protocol"]}))
+    write_manifest(
+        folder, "prepare", data_fingerprint(folder), StageOutput(metrics=counts, info={"protocol": summary["protocol"]})
+    )
     return summary
 
 

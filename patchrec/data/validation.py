@@ -13,7 +13,7 @@ import pandas as pd
 
 from patchrec.io import write_json
 
-__all__ = ["ValidationFailed", "TableResult", "validate_tables"]
+__all__ = ["TableResult", "ValidationFailed", "validate_tables"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,10 @@ def _suites(tables: dict[str, pd.DataFrame], max_time: dt.datetime) -> dict[str,
     inter, items, users = tables["interactions"], tables["items"], tables["users"]
     suites: dict[str, list[Any]] = {
         "interactions": [
-            *(E.ExpectColumnValuesToNotBeNull(column=c) for c in ("user_idx", "item_idx", "user_key", "item_key", "ordinal")),
+            *(
+                E.ExpectColumnValuesToNotBeNull(column=c)
+                for c in ("user_idx", "item_idx", "user_key", "item_key", "ordinal")
+            ),
             E.ExpectColumnValuesToBeInSet(column="item_idx", value_set=items["item_idx"].tolist()),
             E.ExpectColumnValuesToBeInSet(column="user_idx", value_set=users["user_idx"].tolist()),
             E.ExpectCompoundColumnsToBeUnique(column_list=["user_idx", "ordinal"]),
@@ -117,7 +120,9 @@ def validate_tables(folder: Path, max_future_days: float = 1.0, raise_on_failure
         suite = context.suites.add(gx.ExpectationSuite(name=f"patchrec-{name}"))
         for exp in expectations:
             suite.add_expectation(exp)
-        vd = context.validation_definitions.add(gx.ValidationDefinition(name=f"validate-{name}", data=batch, suite=suite))
+        vd = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"validate-{name}", data=batch, suite=suite)
+        )
         res = vd.run(batch_parameters={"dataframe": tables[name]}, result_format="SUMMARY")
         write_json(res.to_json_dict(), folder / "validation" / f"{name}.json")
         failures = [_failure(r) for r in res.results if not r.success]

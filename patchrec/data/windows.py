@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from patchrec.io import atomic_path
 
-__all__ = ["rebuild_windows", "STAGED_SCHEMA"]
+__all__ = ["STAGED_SCHEMA", "rebuild_windows"]
 
 STAGED_SCHEMA = pa.schema([
     ("user_key", pa.string()), ("item_key", pa.string()), ("ts_raw", pa.string()), ("ts_unit", pa.string()),

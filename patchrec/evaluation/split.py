@@ -11,8 +11,13 @@ import pandas as pd
 
 from patchrec.config import EvalConfig
 from patchrec.data.sequences import SequenceStore, sample_split
-from patchrec.evaluation.metrics import (by_history_length, first_ranks, lenient_paper_ranks, masked_ranks,
-                                         summarize_ranks)
+from patchrec.evaluation.metrics import (
+    by_history_length,
+    first_ranks,
+    lenient_paper_ranks,
+    masked_ranks,
+    summarize_ranks,
+)
 from patchrec.io import atomic_path, write_json
 from patchrec.runtime import Runtime
 

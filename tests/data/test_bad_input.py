@@ -54,7 +54,13 @@ def test_bad_row_is_quarantined_with_reason(ml100k_dir, prepare, tmp_path, line,
 def test_invalid_utf8_and_10mb_line_are_quarantined_by_line(tmp_path, prepare):
     raw = tmp_path / "mlcsv"
     rows = "".join(f"{u},{i},5,{1_000_000_000 + 10 * u + i}\n" for u in (1, 2) for i in (10, 20, 30, 40))
-    body = ("userId,movieId,rating,timestamp\n" + rows).encode() + b"3,10,5,\xff\xfe\n" + b"3,10,5," + b"9" * 10_000_000 + b"\n"
+    body = (
+        ("userId,movieId,rating,timestamp\n" + rows).encode()
+        + b"3,10,5,\xff\xfe\n"
+        + b"3,10,5,"
+        + b"9" * 10_000_000
+        + b"\n"
+    )
     write(raw / "ratings.csv", body)
     write(raw / "movies.csv", "movieId,title,genres\n10,A (1990),x\n20,B (1991),x\n30,C (1992),x\n40,D (1993),x\n")
     s = prepare("movielens-csv", raw)
@@ -124,7 +130,11 @@ def test_kcore_filter_is_counted(tmp_path, prepare):
     write(raw / "items.csv", "id,title\na,A\nb,B\nc,C\n")
     # u1 and u2 rate a and b; u3 rates only c -> with k=2, u3 and c go (1 event); a, b keep 2 each.
     write(raw / "events.csv", "u,i,t\nu1,a,1\nu1,b,2\nu2,a,3\nu2,b,4\nu3,c,5\n")
-    source = GenericSource.model_validate({"interactions": {"path": "events.csv", "user": "u", "item": "i", "time": "t"},
-                                           "items": {"path": "items.csv", "id": "id", "title": "title"}})
+    source = GenericSource.model_validate(
+        {
+            "interactions": {"path": "events.csv", "user": "u", "item": "i", "time": "t"},
+            "items": {"path": "items.csv", "id": "id", "title": "title"},
+        }
+    )
     s = prepare("generic", raw, source=source, kcore=2, min_history=1)
     assert (s["rows_filtered_kcore"], s["rows_accepted"], s["users"]) == (1, 4, 2) and _balanced(s)

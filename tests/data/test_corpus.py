@@ -32,8 +32,10 @@ def _events() -> list[tuple[int, int, int, int]]:
 def _ml100k(bad: str) -> dict[str, str]:
     lines = [f"{u}\t{i}\t{r}\t{t}" for u, i, r, t in _events()]
     flags = "|".join(["0"] * 19)
-    return {"u.data": "\n".join(lines[:10] + [bad] + lines[10:]) + "\n",
-            "u.item": "".join(f"{i}|Movie {i} (1995)|01-Jan-1995||http://x/{i}|{flags}\n" for i in range(1, N_ITEMS + 1))}
+    return {
+        "u.data": "\n".join(lines[:10] + [bad] + lines[10:]) + "\n",
+        "u.item": "".join(f"{i}|Movie {i} (1995)|01-Jan-1995||http://x/{i}|{flags}\n" for i in range(1, N_ITEMS + 1)),
+    }
 
 
 def _dat(bad: str) -> dict[str, str]:
@@ -61,9 +63,13 @@ def _amazon(bad: str) -> dict[str, str]:
 
 def _recbole(bad: str) -> dict[str, str]:
     lines = [f"{u}\t{i}\t{r}\t{t}" for u, i, r, t in _events()]
-    return {"ml.inter": "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-                        + "\n".join(lines[:10] + [bad] + lines[10:]) + "\n",
-            "ml.item": "item_id:token\tmovie_title:token_seq\n" + "".join(f"{i}\tFilm {i}\n" for i in range(1, N_ITEMS + 1))}
+    return {
+        "ml.inter": "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        + "\n".join(lines[:10] + [bad] + lines[10:])
+        + "\n",
+        "ml.item": "item_id:token\tmovie_title:token_seq\n"
+        + "".join(f"{i}\tFilm {i}\n" for i in range(1, N_ITEMS + 1)),
+    }
 
 
 def _generic(bad: str) -> dict[str, str]:
@@ -181,15 +187,38 @@ def test_malformed_line_is_quarantined_and_counted(tmp_path, prepare, case):
 
 
 ERRORS = [
-    ("movielens-csv", {"ratings.csv": "userId,movieId,rating,timestamp\n"}, SourceError, r"ratings\.csv: no data lines"),
-    ("recbole", {"ml.inter": "user_id:token\titem_id:token\ttimestamp:float\n"}, SourceError, r"ml\.inter: no data lines"),
-    ("recbole", {"ml.inter": "user_id:token\titem_id:token\ttimestamp:float\n\n"}, IngestError, "no interaction survived"),
+    (
+        "movielens-csv",
+        {"ratings.csv": "userId,movieId,rating,timestamp\n"},
+        SourceError,
+        r"ratings\.csv: no data lines",
+    ),
+    (
+        "recbole",
+        {"ml.inter": "user_id:token\titem_id:token\ttimestamp:float\n"},
+        SourceError,
+        r"ml\.inter: no data lines",
+    ),
+    (
+        "recbole",
+        {"ml.inter": "user_id:token\titem_id:token\ttimestamp:float\n\n"},
+        IngestError,
+        "no interaction survived",
+    ),
     ("movielens-100k", {"u.data": ""}, SourceError, r"u\.data: file is empty"),
-    ("movielens-csv", {"ratings.csv": "user,movieId,rating,timestamp\n1,2,3,1000000000\n"}, SourceError,
-     r"ratings\.csv: column 'userId' not found"),
+    (
+        "movielens-csv",
+        {"ratings.csv": "user,movieId,rating,timestamp\n1,2,3,1000000000\n"},
+        SourceError,
+        r"ratings\.csv: column 'userId' not found",
+    ),
     ("recbole", {"ml.inter": "user_id:token\titem_id:token\n1\t2\n"}, SourceError, r"ml\.inter: header lacks"),
-    ("amazon-json", {"reviews.json.gz": gzip.compress(("\n".join(_review("U", f"A{i}") for i in range(3000))).encode())[:500]},
-     IngestError, r"reviews\.json\.gz"),
+    (
+        "amazon-json",
+        {"reviews.json.gz": gzip.compress(("\n".join(_review("U", f"A{i}") for i in range(3000))).encode())[:500]},
+        IngestError,
+        r"reviews\.json\.gz",
+    ),
 ]
 
 

@@ -30,7 +30,10 @@ def test_movielens_100k_titles_years_and_indices(ml100k_dir, prepare, tmp_path):
 
 def test_movielens_dat_double_colon(tmp_path, prepare):
     raw = tmp_path / "ml1m"
-    write(raw / "ratings.dat", "".join(f"{u}::{i}::5::{1_000_000_000 + 10 * u + i}\n" for u in (1, 2) for i in (1, 2, 3, 4, 5)))
+    write(
+        raw / "ratings.dat",
+        "".join(f"{u}::{i}::5::{1_000_000_000 + 10 * u + i}\n" for u in (1, 2) for i in (1, 2, 3, 4, 5)),
+    )
     write(raw / "movies.dat", "".join(f"{i}::Title {i}: Part {i} (2000)::Drama|Comedy\n" for i in range(1, 6)),
           encoding="latin-1")
     s = prepare("movielens-dat", raw)

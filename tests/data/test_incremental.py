@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from patchrec.config import GenericSource
-from patchrec.data.ingest import ManifestError
+from patchrec.data.ingest import RawFileChangedError
 from tests.conftest import write
 
 SOURCE = GenericSource.model_validate({
@@ -55,7 +55,7 @@ def test_changed_file_is_refused_and_removed_file_reported(raw, prepare, tmp_pat
     write(raw / "events-2.csv", _events([("bob", "i1", 300)]))
     prepare("generic", raw, source=SOURCE)
     write(raw / "events-1.csv", _events([("alice", "i1", 999)]))
-    with pytest.raises(ManifestError, match=r"events-1\.csv.*double count"):
+    with pytest.raises(RawFileChangedError, match=r"events-1\.csv.*double count"):
         prepare("generic", raw, source=SOURCE)
     (raw / "events-1.csv").unlink()
     s = prepare("generic", raw, source=SOURCE)

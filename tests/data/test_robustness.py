@@ -81,7 +81,9 @@ def test_paper_protocol_on_the_papers_files_is_their_split(tmp_path, prepare):
         "user_index": pa.array([0], pa.int32()), "items": pa.array([[3, 1, 2, 0, 1, 2]], pa.list_(pa.int32())),
         "train_first": [0.0], "train_last": [3.0], "val_first": [4.0], "val_last": [4.0],
         "test_first": [5.0], "test_last": [5.0]}), raw / "sequences.parquet")
-    pq.write_table(pa.table({"item_id": pa.array([0, 1, 2, 3], pa.int32()), "title": list("ABCD")}), raw / "items.parquet")
+    pq.write_table(
+        pa.table({"item_id": pa.array([0, 1, 2, 3], pa.int32()), "title": list("ABCD")}), raw / "items.parquet"
+    )
     s = prepare("patchrec-paper", raw, protocol="paper")
     assert s["protocol"] == "given" and s["samples"] == {"train": 1, "val": 1, "test": 1}
 
@@ -102,8 +104,12 @@ def test_paths_that_leave_their_folder_are_refused(tmp_path, ml100k_dir):
         with pytest.raises(SourceError, match="leaves the raw folder"):
             plan_files(DataConfig(format="generic", raw=ml100k_dir, out=tmp_path / "o", source=source))
     os.symlink(tmp_path / "x" / "events1.csv", ml100k_dir / "linked.csv")
-    source = GenericSource.model_validate({"interactions": {"path": "linked.csv", "user": "u", "item": "i", "time": "t"},
-                                           "items": {"path": "u.item", "id": "id", "title": "t"}})
+    source = GenericSource.model_validate(
+        {
+            "interactions": {"path": "linked.csv", "user": "u", "item": "i", "time": "t"},
+            "items": {"path": "u.item", "id": "id", "title": "t"},
+        }
+    )
     with pytest.raises(SourceError, match="resolves outside the raw folder"):
         plan_files(DataConfig(format="generic", raw=ml100k_dir, out=tmp_path / "o", source=source))
 
@@ -129,7 +135,9 @@ def test_generations_publish_only_validated_data(tmp_path, prepare, ml100k_dir, 
 
     def failing(tables, max_time):
         suites = original(tables, max_time)
-        suites["items"].append(validation.gx_expectations().ExpectColumnValuesToBeBetween(column="item_idx", max_value=2))
+        suites["items"].append(
+            validation.gx_expectations().ExpectColumnValuesToBeBetween(column="item_idx", max_value=2)
+        )
         return suites
 
     monkeypatch.setattr(validation, "_suites", failing)
