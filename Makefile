@@ -30,7 +30,7 @@ help:
 	@echo "make test       # set up, then the linter and the whole test suite (what CI runs)"
 	@echo "make test-fast  # the unit tier only: no real Prefect server, serving or whole pipelines (~1 min)"
 	@echo "make bench      # run every benchmark; JSON goes to bench/results/"
-	@echo "make quality    # LLM variants vs popularity/SASRec on the paper split (QUALITY_PROFILE=ml-100k, ~1 h on 2 cores)"
+	@echo "make quality    # LLM variants (equal training time) vs popularity/SASRec on the paper split (~90 min on 2 cores)"
 	@echo "make up         # local Prefect server (127.0.0.1:4200) + work pool + deployments + worker; make down stops them"
 	@echo "make run        # prefect deployment run patchrec/full-pipeline (after make up)"
 	@echo "make nightly    # prefect deployment run patchrec/nightly-retrain (it is also scheduled at 02:00 UTC)"

@@ -1,12 +1,17 @@
-"""Recommendation quality on the paper's protocol: LLM variants under one stated training budget, and the
-ID-based baselines, on the same split and metric code. Prints JSON; writes bench/results/quality-<profile>.json
-and a markdown report with plots (docs/quality-<profile>.md, docs/quality/<profile>-*.png).
+"""Recommendation quality on the paper's protocol: LLM variants under one stated WALL-CLOCK training budget
+each (same machine, same run), and the ID-based baselines, on the same split and metric code. Prints JSON;
+writes bench/results/quality-<profile>.json and a markdown report with plots (docs/quality-<profile>.md,
+docs/quality/<profile>-*.png).
 
-    python -m bench.quality --profile ml-100k            # `make quality`; about 1 h on 2 CPU cores
-    python -m bench.quality --profile ml-1m              # on a GPU (8,192 samples, 1,000 test targets)
+    python -m bench.quality --profile ml-100k            # `make quality`; about 90 min on 2 CPU cores
+    python -m bench.quality --profile ml-100k --seconds 300
 
-Budget: every LLM variant gets the same number of training samples; PPT -> PFT variants spend half on PPT
-and half on PFT (the PPT run is shared by the variants that start from it, but its cost counts for each).
+Budget: every LLM variant trains for the same number of seconds (PPT -> PFT variants: half each). Scoring-head
+variants rank ALL test targets (one forward pass per batch of users); generative variants rank a fixed random
+sample of them (beam search costs seconds per user on a CPU); comparisons use the targets both sides ranked.
+Every variant's validation NDCG@10 is probed during training (the learning curve; probe time is not training
+time), and SASRec's per-epoch validation NDCG@10 is drawn on the same axes. Scoring-head variants keep the
+weights of their best validation probe, as SASRec keeps its best validation epoch (early stopping).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import pandas as pd
 
 from patchrec.config import DataConfig, EvalConfig, ModelConfig, SASRecConfig, TrainConfig
 from patchrec.data.prepare import prepare_data
+from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.metrics import bootstrap_ci, by_history_length, paired_bootstrap_diff, summarize_ranks
 from patchrec.io import read_json, write_json
 from patchrec.profiles import PROJECT_ROOT
@@ -31,55 +37,49 @@ from patchrec.runtime import RunSpec
 from patchrec.stages import baseline_into, data_record, evaluate_into, train_into
 
 PROFILES = {
-    "ml-100k": {"raw": "../shared/data/patchrec-paper/ml-100k", "budget": 128, "test_samples": 96},
-    # not run yet (needs a GPU): ranking every one of its 11,494 test targets x 7 variants would take hours
-    "ml-1m": {"raw": "../shared/data/patchrec-paper/ml-1m", "budget": 8192, "test_samples": 1000},
+    "ml-100k": {"raw": "../shared/data/patchrec-paper/ml-100k", "seconds": 600, "test_samples": 96},
+    "ml-1m": {"raw": "../shared/data/patchrec-paper/ml-1m", "seconds": 3600, "test_samples": 1000},
 }
 REFERENCE = {"ml-1m": {"sasrec": {"hr_20": 0.148, "ndcg_20": 0.056}, "popularity": {"hr_20": 0.038, "ndcg_20": 0.014}},
              "ml-100k": {"sasrec": {"hr_20": 0.14}}}
 
 
-def variants(budget: int, lr: float) -> dict[str, dict[str, Any]]:
-    """name -> {"ppt": TrainConfig | None, "pft": TrainConfig}; the main table, then the ablations."""
-    half = max(1, budget // 2)
+def variants(seconds: float, lr: float, keep_best: bool = True) -> dict[str, dict[str, Any]]:
+    """name -> {"ppt": TrainConfig | None, "pft": TrainConfig}; each variant trains for `seconds` in all.
+    `keep_best`: scoring-head variants keep the weights of their best validation probe."""
+    half = seconds / 2
+    gen = dict(max_seconds=seconds, lr=lr, curve_every_s=seconds / 2, curve_samples=32)
+    scoring = dict(stage="pft", head="scoring", layout="item", context=30, stride=70, batch_size=16, lr=1e-3,
+                   lora_dropout=0.0, epochs=100, max_seconds=seconds, curve_every_s=seconds / 6, curve_samples=256,
+                   keep_best=keep_best, checkpoint_every=100)
     # PPT also trains on each sample's all-text copy: micro-batches of 4 (x2 accumulation) keep the peak memory
     # of 100-item text prompts under ~12 GB on a CPU (batches of 8 were OOM-killed at 24 GB).
-    ppt = TrainConfig(stage="ppt", layout="mixed", max_history=100, max_samples=half, lr=lr, batch_size=4,
-                      grad_accum=2)
-    pft_s = dict(stage="pft", layout="session", max_history=100)
+    ppt = TrainConfig(stage="ppt", layout="mixed", max_history=100, lr=lr, batch_size=4, grad_accum=2,
+                      max_seconds=half)
     return {
-        "SFT-20": {
-            "ppt": None,
-            "pft": TrainConfig(stage="sft", layout="text", max_history=20, max_samples=budget, lr=lr),
-        },
-        "SFT-100": {
-            "ppt": None,
-            "pft": TrainConfig(stage="sft", layout="text", max_history=100, max_samples=budget, lr=lr),
-        },
-        "PPT -> PFT-I(5)": {
-            "ppt": ppt,
-            "pft": TrainConfig(stage="pft", layout="item", k=5, max_history=100, max_samples=half, lr=lr),
-        },
-        "PPT -> PFT-S(5)": {"ppt": ppt, "pft": TrainConfig(**pft_s, group=5, max_samples=half, lr=lr)},
-        "PFT-S(5), no PPT": {"ppt": None, "pft": TrainConfig(**pft_s, group=5, max_samples=budget, lr=lr)},
-        "PPT -> PFT-S(20)": {"ppt": ppt, "pft": TrainConfig(**pft_s, group=20, max_samples=half, lr=lr)},
-        "PPT -> PFT-S(5), full FT": {
-            "ppt": ppt.model_copy(update={"finetune": "full", "lr": lr / 10}),
-            "pft": TrainConfig(**pft_s, group=5, max_samples=half, finetune="full", lr=lr / 10),
-        },
+        "PFT-S(5)": {"ppt": None, "pft": TrainConfig(stage="pft", layout="session", group=5, max_history=100, **gen)},
+        "SFT-20": {"ppt": None, "pft": TrainConfig(stage="sft", layout="text", max_history=20, **gen)},
+        "Scoring, item patches": {"ppt": None, "pft": TrainConfig(**scoring)},
+        "Scoring, sessions 10x5 + item patches": {"ppt": None,
+                                                  "pft": TrainConfig(**{**scoring, "layout": "session",
+                                                                        "sessions": 10, "group": 5})},
+        "Scoring, item patches, full FT": {"ppt": None, "pft": TrainConfig(**{**scoring, "finetune": "full",
+                                                                              "lr": 1e-4, "item_lr": 1e-3})},
+        "PPT -> scoring, item patches": {"ppt": ppt, "pft": TrainConfig(**{**scoring, "max_seconds": half,
+                                                                          "curve_every_s": half / 3})},
     }
 
 
 # (question, model a, model b): the report gives a - b on the same test targets with a paired user-bootstrap CI.
 COMPARISONS = [
-    ("PatchRec's main claim: PFT-S vs SFT-100", "PPT -> PFT-S(5)", "SFT-100"),
-    ("item patches vs text, same history", "PPT -> PFT-I(5)", "SFT-100"),
-    ("does PPT help PFT-S (same budget)", "PPT -> PFT-S(5)", "PFT-S(5), no PPT"),
-    ("G = 5 vs G = 20", "PPT -> PFT-S(5)", "PPT -> PFT-S(20)"),
-    ("LoRA vs full fine-tuning (same budget)", "PPT -> PFT-S(5)", "PPT -> PFT-S(5), full FT"),
-    ("longer text history: SFT-100 vs SFT-20", "SFT-100", "SFT-20"),
-    ("LLM (PFT-S) vs SASRec", "PPT -> PFT-S(5)", "sasrec"),
-    ("LLM (PFT-S, full FT) vs popularity", "PPT -> PFT-S(5), full FT", "popularity"),
+    ("scoring head vs SASRec", "Scoring, item patches", "sasrec"),
+    ("scoring head vs popularity", "Scoring, item patches", "popularity"),
+    ("scoring head vs the paper's generative head (same time)", "Scoring, item patches", "PFT-S(5)"),
+    ("PFT-S (patches, 100 items) vs SFT-20 (text, 20 items)", "PFT-S(5)", "SFT-20"),
+    ("multi-grained sessions vs item patches only", "Scoring, sessions 10x5 + item patches", "Scoring, item patches"),
+    ("LoRA vs full fine-tuning (scoring head)", "Scoring, item patches", "Scoring, item patches, full FT"),
+    ("does PPT help the scoring head (same time)", "PPT -> scoring, item patches", "Scoring, item patches"),
+    ("PFT-S vs SASRec", "PFT-S(5)", "sasrec"),
     ("SASRec vs popularity", "sasrec", "popularity"),
 ]
 
@@ -123,25 +123,46 @@ def _summary(res: dict[str, Any], ranks: pd.DataFrame, subset: bool = False) -> 
     return out
 
 
-def run(profile: str, data_cfg: DataConfig, work: Path, budget: int, test_samples: int, lr: float, base: str,
-        sasrec_epochs: int) -> dict[str, Any]:
+def _cold_items(data_dir: Path) -> set[int]:
+    """Items that are never a training target (an ID model learns nothing about them as an output)."""
+    store = SequenceStore(data_dir)
+    trained = {store.sample(int(i))[1] for i in store.indices("train")}
+    return set(pd.read_parquet(Path(data_dir) / "items.parquet", columns=["item_idx"]).item_idx.tolist()) - trained
+
+
+def _cold_hr(ranks: pd.DataFrame, cold: set[int]) -> dict[str, Any]:
+    part = ranks[ranks["target"].isin(cold)]
+    r = part["rank"].to_numpy()
+    return {"targets": int(len(part)), "hr_20": float(np.mean((r >= 0) & (r < 20))) if len(part) else None}
+
+
+def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_samples: int, lr: float, base: str,
+        sasrec_epochs: int, only: list[str] | None = None, keep_best: bool = True) -> dict[str, Any]:
     """Prepare `data_cfg` (reused when unchanged), train and rank every variant and baseline under `work`
     through the stage contract (folders named by fingerprints that include the data); stages finished by an
     earlier invocation are reused and counted in `reused_stages`."""
     t_start = time.perf_counter()
     prepare_data(data_cfg)
     data = data_record(data_cfg.out)
+    cold = _cold_items(data.dir)
     runs = work / "runs" / profile
     mcfg = ModelConfig(base=base, cache_dir=work / "models")
-    ecfg = EvalConfig(split="test", max_samples=test_samples or None)
-    report: dict[str, Any] = {"profile": profile, "budget_samples": budget, "lr": lr, "base": base,
-                              "test_samples": test_samples or "all", "machine": _machine(), "variants": {},
-                              "baselines": {}}
+    sample_eval = EvalConfig(split="test", max_samples=test_samples or None)
+    all_eval = EvalConfig(split="test", max_samples=None)
+    report: dict[str, Any] = {"profile": profile, "budget_seconds": seconds, "lr": lr, "base": base,
+                              "keep_best": keep_best, "test_samples": test_samples or "all", "machine": _machine(),
+                              "variants": {}, "baselines": {}}
     ranks: dict[str, pd.DataFrame] = {}
     stage_seconds: dict[Path, float] = {}
     reused: dict[Path, bool] = {}  # stage folder -> finished before this invocation
-    for name, v in variants(budget, lr).items():
-        init, seconds, samples = None, 0.0, 0
+    chosen = variants(seconds, lr, keep_best)
+    unknown = set(only or []) - set(chosen)
+    if unknown:
+        raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {list(chosen)}")
+    for name, v in chosen.items():
+        if only and name not in only:
+            continue
+        init, train_s, samples, curve = None, 0.0, 0, []
         for which in ("ppt", "pft"):
             tcfg = v[which]
             if tcfg is None:
@@ -149,31 +170,40 @@ def run(profile: str, data_cfg: DataConfig, work: Path, budget: int, test_sample
             rec = train_into(lambda fp, w=which: runs / f"{w}-{fp}", which, RunSpec(train=tcfg, model=mcfg), data,
                              init=init)
             reused.setdefault(rec.dir, rec.reused)
-            stage_seconds[rec.dir] = rec.metrics["samples"] / max(rec.metrics["samples_per_s"], 1e-9)
-            seconds += stage_seconds[rec.dir]
+            stage_seconds[rec.dir] = rec.metrics["train_seconds"]
+            curve += [{**c, "seconds": c["seconds"] + train_s} for c in read_json(rec.dir / "training.json")["curve"]]
+            train_s += rec.metrics["train_seconds"]
             samples += int(rec.metrics["samples"])
             init = rec
+        ecfg = all_eval if v["pft"].head == "scoring" else sample_eval
         ev = evaluate_into(lambda fp: runs / f"eval-{fp}", ecfg, data, init)
         reused[ev.dir] = ev.reused
         ranks[name] = _ranks(ev.dir)
         summary = _summary(read_json(ev.dir / "eval.json"), ranks[name])
-        report["variants"][name] = {**summary, "train_samples": samples, "train_seconds": seconds,
-                                    "rank_seconds": summary["samples"] / summary["users_per_s"],
-                                    "train_samples_per_s": samples / seconds if seconds else None}
+        report["variants"][name] = {
+            **summary, "head": v["pft"].head, "train_targets": samples, "train_seconds": train_s,
+            "train_targets_per_s": samples / train_s if train_s else None, "curve": curve,
+            "rank_seconds": summary["samples"] / summary["users_per_s"], "cold": _cold_hr(ranks[name], cold)}
         m = summary["metrics"]
-        print(f"{name}: HR@20 {m['hr_20']:.4f} NDCG@20 {m['ndcg_20']:.4f} ({summary['samples']} targets)", flush=True)
+        print(f"{name}: HR@20 {m['hr_20']:.4f} NDCG@20 {m['ndcg_20']:.4f} ({summary['samples']} targets, "
+              f"{train_s:.0f} s of training)", flush=True)
         gc.collect()  # each variant loads its own model; free the last one before the next
-    llm_subset = ranks[name]["sample"].to_numpy()
+    sampled = [ranks[n]["sample"].to_numpy() for n, v in report["variants"].items() if v["head"] == "generative"]
+    llm_subset = sampled[0] if sampled else ranks[next(iter(report["variants"]))]["sample"].to_numpy()
     sas = SASRecConfig(max_epochs=sasrec_epochs)
     for kind in ("popularity", "sasrec"):
         rec = baseline_into(lambda fp, k=kind: runs / f"baseline-{k}-{fp}", kind, data, sas)
         reused[rec.dir] = rec.reused
         res = read_json(rec.dir / "eval.json")
-        whole = _ranks(rec.dir)
-        ranks[kind] = whole[whole["sample"].isin(llm_subset)]
-        report["baselines"][kind] = {"all_test": _summary(res, whole), "llm_sample": _summary(res, ranks[kind], True),
-                                     "train": {k: res["train"].get(k) for k in ("epochs", "best_val_ndcg_10",
-                                                                                 "seconds")} if res["train"] else {}}
+        ranks[kind] = _ranks(rec.dir)  # the whole test split; comparisons pair the targets both sides ranked
+        sample = ranks[kind][ranks[kind]["sample"].isin(llm_subset)]
+        train = {k: res["train"].get(k) for k in ("epochs", "best_val_ndcg_10", "seconds")} if res["train"] else {}
+        if res["train"]:
+            train["curve"] = [{"seconds": e["seconds"], "val_ndcg_10": e["val_ndcg_10"]} for e in res["train"]["log"]
+                              if "val_ndcg_10" in e and "seconds" in e]
+        report["baselines"][kind] = {"all_test": _summary(res, ranks[kind]), "llm_sample": _summary(res, sample, True),
+                                     "train": train, "cold": _cold_hr(ranks[kind], cold)}
+    report["cold_items"] = {"items": len(cold), "test_targets": int(ranks["popularity"]["target"].isin(cold).sum())}
     report["comparisons"] = _comparisons(ranks)
     report["reference"] = REFERENCE.get(profile, {})
     report["seconds"] = time.perf_counter() - t_start
@@ -199,9 +229,12 @@ def _machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="ml-100k", choices=sorted(PROFILES))
-    parser.add_argument("--budget", type=int, help="training samples per LLM variant (profile default)")
+    parser.add_argument("--seconds", type=float, help="training seconds per LLM variant (profile default)")
     parser.add_argument("--test-samples", type=int, help="test targets ranked by the LLM variants (0 = all)")
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--only", action="append", metavar="VARIANT", help="run only this variant (repeatable)")
+    parser.add_argument("--no-keep-best", dest="keep_best", action="store_false",
+                        help="scoring-head variants keep their last weights, not those of the best validation probe")
+    parser.add_argument("--lr", type=float, default=5e-4, help="learning rate of the generative variants")
     parser.add_argument("--base", default="smollm2")
     parser.add_argument("--sasrec-epochs", type=int, default=200)
     parser.add_argument("--work", type=Path, default=PROJECT_ROOT / ".state" / "quality")
@@ -209,11 +242,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--report", type=Path, help="markdown path (default docs/quality-<profile>.md)")
     args = parser.parse_args(argv)
     spec = PROFILES[args.profile]
-    budget = args.budget or spec["budget"]
+    seconds = args.seconds or spec["seconds"]
     test_samples = spec["test_samples"] if args.test_samples is None else args.test_samples
     data_cfg = DataConfig(format="patchrec-paper", raw=(PROJECT_ROOT / spec["raw"]).resolve(),
                           out=args.work / "data" / args.profile)
-    report = run(args.profile, data_cfg, args.work, budget, test_samples, args.lr, args.base, args.sasrec_epochs)
+    report = run(args.profile, data_cfg, args.work, seconds, test_samples, args.lr, args.base, args.sasrec_epochs,
+                 args.only, args.keep_best)
     report["command"] = "python -m bench.quality " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     out = args.out or PROJECT_ROOT / "bench" / "results" / f"quality-{args.profile}.json"
     write_json(report, out)

@@ -10,7 +10,7 @@ from typing import Any
 __all__ = ["write_report"]
 
 
-def _plots(report: dict[str, Any], folder: Path) -> list[str]:
+def _plots(report: dict[str, Any], folder: Path, stem: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,25 +33,45 @@ def _plots(report: dict[str, Any], folder: Path) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(folder / f"{report['profile']}-by-history.png", dpi=110)
+    fig.savefig(folder / f"{stem}-by-history.png", dpi=110)
     plt.close(fig)
-    names.append(f"{report['profile']}-by-history.png")
+    names.append(f"{stem}-by-history.png")
+
+    if any(v.get("prompt_tokens_mean") for v in report["variants"].values()):  # generative variants only
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, v in report["variants"].items():
+            if not v.get("prompt_tokens_mean"):
+                continue
+            ax.scatter(v["prompt_tokens_mean"], v["metrics"]["ndcg_20"], s=40)
+            ax.annotate(name, (v["prompt_tokens_mean"], v["metrics"]["ndcg_20"]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")
+        sas = report["baselines"].get("sasrec", {}).get("llm_sample", {}).get("metrics", {}).get("ndcg_20")
+        if sas is not None:
+            ax.axhline(sas, color="gray", ls="--", label="SASRec (same test sample)")
+            ax.legend(fontsize=7)
+        ax.set(title=f"{report['profile']}: NDCG@20 vs tokens per prompt", xlabel="mean prompt tokens",
+               ylabel="NDCG@20")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(folder / f"{stem}-vs-tokens.png", dpi=110)
+        plt.close(fig)
+        names.append(f"{stem}-vs-tokens.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, v in report["variants"].items():
-        ax.scatter(v["prompt_tokens_mean"], v["metrics"]["ndcg_20"], s=40)
-        ax.annotate(name, (v["prompt_tokens_mean"], v["metrics"]["ndcg_20"]), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")
-    sas = report["baselines"].get("sasrec", {}).get("llm_sample", {}).get("metrics", {}).get("ndcg_20")
-    if sas is not None:
-        ax.axhline(sas, color="gray", ls="--", label="SASRec (same test sample)")
-        ax.legend(fontsize=7)
-    ax.set(title=f"{report['profile']}: NDCG@20 vs tokens per prompt", xlabel="mean prompt tokens", ylabel="NDCG@20")
+    lines = [(name, v.get("curve") or [], "-") for name, v in report["variants"].items()]
+    lines += [(kind, b["train"].get("curve") or [], "--") for kind, b in report["baselines"].items()]
+    for name, curve, style in lines:
+        if curve:
+            ax.plot([c["seconds"] / 60 for c in curve], [c["val_ndcg_10"] for c in curve], style, marker="o", ms=3,
+                    label=name)
+    ax.set(title=f"{report['profile']}: validation NDCG@10 vs training time", xlabel="training minutes (2 CPU cores)"
+           if "CPU" in report["machine"]["device"] else "training minutes", ylabel="val NDCG@10")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(folder / f"{report['profile']}-vs-tokens.png", dpi=110)
+    fig.savefig(folder / f"{stem}-learning-curve.png", dpi=110)
     plt.close(fig)
-    names.append(f"{report['profile']}-vs-tokens.png")
+    names.append(f"{stem}-learning-curve.png")
     return names
 
 
@@ -63,6 +83,10 @@ def _row(name: str, s: dict[str, Any], extra: str) -> str:
     masked = m.get("masked_ndcg_20")
     cells.append(f"{masked:.4f}" if masked is not None else "-")
     return f"| {name} | " + " | ".join(cells) + f" | {extra} |"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def _row2(name: str, m: dict[str, Any], extra: str = "") -> str:
@@ -95,7 +119,7 @@ def _comparison_lines(report: dict[str, Any]) -> list[str]:
 
 def write_report(report: dict[str, Any], path: Path) -> Path:
     path = Path(path)
-    plots = _plots(report, path.parent / "quality")
+    plots = _plots(report, path.parent / "quality", path.stem)  # named after the report: reports never share plots
     head = ("| model | HR@1 | NDCG@1 | HR@5 | NDCG@5 | HR@10 [95% CI] | NDCG@10 [95% CI] | HR@20 [95% CI] | "
             "NDCG@20 [95% CI] | masked NDCG@20 | notes |")
     sep = "|" + "---|" * 11
@@ -106,22 +130,29 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
              f"{report['reused_stages']} of {report['stages']} stages from an earlier one with the same settings. "
              f"Command:", "",
              f"    {report['command']}", "",
-             f"Paper protocol (the authors' split, full catalog, exact item id, first rank). Every LLM variant "
-             f"({report['base']}) trains on **{report['budget_samples']} samples** (PPT -> PFT: half each), "
-             f"lr {report['lr']}; LLM variants rank {report['variants'][next(iter(report['variants']))]['samples']} "
-             f"test targets (a fixed random sample); `train samples/s` covers all of a variant's training (its PPT "
-             f"run included, whose samples also carry an all-text copy); intervals are user-bootstrap 95% CIs "
-             f"(1000 draws). "
-             f"`masked` removes items already in the history from the ranked list (for beam search this can only "
-             f"shorten a 20-item list).", "", "## LLM variants and baselines on the same test sample", "", head, sep]
+             f"Paper protocol (the authors' split, full catalog, exact item id, first rank, no masking). Every LLM "
+             f"variant ({report['base']}) trains for **{report['budget_seconds']:.0f} seconds of wall-clock time** "
+             f"on this machine (PPT -> PFT: half each); scoring-head variants rank every test target, generative "
+             f"variants a fixed random sample of {report['test_samples']} (beam search); each row says how many. "
+             f"`train targets/s` counts the training targets (loss terms) per second; intervals are user-bootstrap "
+             f"95% CIs (1000 draws). `cold HR@20`: test targets whose item is never a training target "
+             f"({report.get('cold_items', {}).get('test_targets', '-')} of the test split). `masked` removes items "
+             f"already in the history from the ranked list.", "",
+             "## LLM variants and baselines", "", head, sep]
     for name, v in report["variants"].items():
-        extra = (f"{v['prompt_tokens_mean']:.0f} prompt tokens; train {v['train_samples_per_s']:.2f} samples/s; "
-                 f"rank {v['users_per_s']:.2f} users/s; lenient HR@20 {v['metrics']['paper_lenient_hr_20']:.3f}")
+        cold = v.get("cold", {})
+        tokens = f"{v['prompt_tokens_mean']:.0f} tokens/ranking; " if v.get("prompt_tokens_mean") else ""
+        extra = (f"{v['samples']} targets; {v['head']} head; {tokens}train {v['train_seconds']:.0f} s, "
+                 f"{v['train_targets_per_s']:.1f} targets/s; rank {v['users_per_s']:.2f} users/s; cold HR@20 "
+                 f"{_num(cold.get('hr_20'))} (n={cold.get('targets', '-')})")
         lines.append(_row(name, v, extra))
     for kind, b in report["baselines"].items():
-        tr = b["train"]
-        extra = f"{tr['epochs']} epochs, {tr['seconds']:.0f} s" if tr else "counts of training targets"
-        lines.append(_row(f"{kind} (same sample)", b["llm_sample"], extra))
+        tr, cold = b["train"], b.get("cold", {})
+        extra = f"{tr['epochs']} epochs, {tr['seconds']:.0f} s; " if tr else "counts of training targets; "
+        extra += f"cold HR@20 {_num(cold.get('hr_20'))}"
+        lines.append(_row(f"{kind} ({b['all_test']['samples']} targets)", b["all_test"], extra))
+        if any(v["head"] == "generative" for v in report["variants"].values()):
+            lines.append(_row(f"{kind} (generative variants' sample)", b["llm_sample"], ""))
     head2 = ("| model | user HR@10 | user NDCG@10 | user HR@20 | user NDCG@20 | masked HR@10 | masked NDCG@10 | "
              "masked HR@20 | masked NDCG@20 | lenient HR@20 | |")
     lines += ["", "### User-averaged, masked and the paper's lenient metric", "",
@@ -132,13 +163,12 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
     for name, v in report["variants"].items():
         lines.append(_row2(name, v["metrics"]))
     for kind, b in report["baselines"].items():
-        lines.append(_row2(f"{kind} (same sample)", b["llm_sample"]["metrics"], "no titles generated"))
+        lines.append(_row2(f"{kind} ({b['all_test']['samples']} targets)", b["all_test"]["metrics"],
+                           "no titles generated"))
     lines += _comparison_lines(report)
-    lines += ["", "## Baselines on the whole test split", "", head, sep]
-    for kind, b in report["baselines"].items():
-        ref = report["reference"].get(kind)
-        lines.append(_row(f"{kind} ({b['all_test']['samples']} targets)", b["all_test"],
-                          f"reference {json.dumps(ref)}" if ref else ""))
+    refs = [f"{kind}: {json.dumps(ref)}" for kind, ref in report["reference"].items()]
+    if refs:
+        lines += ["", "Published reference numbers for this split: " + "; ".join(refs) + "."]
     lines += ["", "## Plots", ""] + [f"![{p}](quality/{p})" for p in plots] + [""]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

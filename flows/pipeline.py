@@ -30,7 +30,7 @@ from tasks.stages import (
 
 __all__ = ["full_pipeline_flow", "nightly_retrain_flow", "patchrec_flow"]
 
-Profile = Literal["tiny", "demo", "ml-100k", "ml-1m"]
+Profile = Literal["tiny", "tiny-scoring", "demo", "demo-generative", "ml-100k", "ml-100k-scoring", "ml-1m"]
 
 
 def _train_and_register(
@@ -56,8 +56,12 @@ def _train_and_register(
 
 def _print(result: dict[str, Any]) -> None:
     m, reg = result["metrics"], result["registry"]
-    print(f"{result['dataset']}: test HR@10 {m['test_hr_10']:.4f} NDCG@10 {m['test_ndcg_10']:.4f}; "
-          f"val NDCG@10 {m['val_ndcg_10']:.4f}")
+    print(f"{result['dataset']}: test HR@10 {m['test_hr_10']:.4f} NDCG@10 {m['test_ndcg_10']:.4f} "
+          f"HR@20 {m['test_hr_20']:.4f}; val NDCG@10 {m['val_ndcg_10']:.4f}")
+    for kind in ("popularity", "sasrec"):
+        if f"{kind}_test_hr_10" in m:
+            print(f"  {kind} on the same test targets: HR@10 {m[f'{kind}_test_hr_10']:.4f} "
+                  f"NDCG@10 {m[f'{kind}_test_ndcg_10']:.4f} HR@20 {m[f'{kind}_test_hr_20']:.4f}")
     print(f"registry {reg['name']} v{reg['version']}: {reg['reason']}")
 
 

@@ -143,7 +143,7 @@ def train_sasrec(store: SequenceStore, n_items: int, cfg: SASRecConfig, progress
             opt.step()
             total += float(loss.detach()) * int(keep.sum())
             n += int(keep.sum())
-        entry = {"epoch": epoch + 1, "loss": total / max(n, 1)}
+        entry = {"epoch": epoch + 1, "loss": total / max(n, 1), "seconds": time.perf_counter() - t0}
         if (epoch + 1) % cfg.eval_every == 0:
             model.eval()
             with torch.no_grad():

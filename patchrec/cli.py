@@ -65,8 +65,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from patchrec.runtime import RunSpec
     from patchrec.stages import data_record, train_into
 
-    fields = {k: getattr(args, k) for k in ("stage", "layout", "k", "group", "max_history", "max_samples", "epochs",
-                                            "batch_size", "grad_accum", "lr", "finetune", "seed")
+    fields = {k: getattr(args, k) for k in ("stage", "layout", "head", "k", "group", "max_history", "max_samples",
+                                            "epochs", "batch_size", "grad_accum", "lr", "finetune", "seed", "context",
+                                            "stride", "sessions", "max_seconds")
               if getattr(args, k) is not None}
     spec = RunSpec(train=TrainConfig(**fields), model=_model_config(args))
     init = StageRecord.of(args.init_from.resolve(), read_manifest(args.init_from), True) if args.init_from else None
@@ -272,13 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init-from", type=Path, help="PFT: the PPT run folder to start from")
     tr.add_argument("--base", default="smollm2", help="smollm2 (default), tiny, or a local HF model folder")
     tr.add_argument("--model-cache", type=Path, default=Path(".state/models"), help="where converted models are cached")
+    tr.add_argument("--head", choices=["generative", "scoring"],
+                    help="generative (default: title decoding, the paper's) or scoring (catalog scoring head, pft)")
     for name, typ in (("k", int), ("group", int), ("max-history", int), ("max-samples", int), ("epochs", int),
-                      ("batch-size", int), ("grad-accum", int), ("lr", float), ("seed", int)):
+                      ("batch-size", int), ("grad-accum", int), ("lr", float), ("seed", int), ("context", int),
+                      ("stride", int), ("sessions", int), ("max-seconds", float)):
         tr.add_argument(f"--{name}", type=typ)
     tr.add_argument("--finetune", choices=["lora", "full"])
     tr.set_defaults(func=_cmd_train)
 
-    ev = top.add_parser("evaluate", help="rank a split with constrained beam search and report HR/NDCG")
+    ev = top.add_parser("evaluate", help="rank a split with the run's head and report HR/NDCG")
     ev.add_argument("--data", required=True, type=Path, help="a prepared data folder")
     ev.add_argument("--run", required=True, type=Path, help="a finished run folder (its config gives the layout)")
     ev.add_argument("--out", required=True, type=Path, help="folder for eval.json and ranks.parquet")
@@ -305,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     state_help = "state folder (default $PATCHREC_STATE or <project>/.state); its mlflow.db unless MLFLOW_TRACKING_URI"
     pl = top.add_parser("pipeline", help="run the full pipeline or the nightly retraining locally (Prefect flow)")
     pl.add_argument("flow", choices=["full", "nightly"])
-    pl.add_argument("--profile", default="demo", choices=["tiny", "demo", "ml-100k", "ml-1m"])
+    from patchrec.profiles import PROFILES
+
+    pl.add_argument("--profile", default="demo", choices=list(PROFILES))
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set pft.max_samples=64 (repeatable)")
     pl.add_argument("--state", type=Path, help=state_help)

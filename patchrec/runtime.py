@@ -1,9 +1,9 @@
 """A model ready to use: base LM, trained weights, tokenizer, prompt pieces and the catalog table.
 
 Training, evaluation and the served model all load through here; it imports nothing from training.
-Ranking sits behind the `Ranker` interface: `GenerativeRanker` is the paper's head (constrained beam
-search over catalog titles); another head plugs in as another `Ranker` without touching stages,
-registry or serving.
+Ranking sits behind the `Ranker` interface, picked by the run's `head`: `GenerativeRanker` is the
+paper's head (constrained beam search over catalog titles), `ScoringRanker` the catalog scoring head
+(one forward pass per batch of users, exact top-k by item id).
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from patchrec.model import (
 )
 from patchrec.patching import Batch, CatalogTable, assemble, item_patches, layout_kinds
 from patchrec.prompts import PromptConfig, PromptPieces, render_pieces, tokenize_titles
+from patchrec.scoring import Layout, assemble_rows, history_row, scoring_model
 
-__all__ = ["Base", "GenerativeRanker", "Ranker", "Ranking", "RunSpec", "Runtime", "load_catalog", "read_items"]
+__all__ = ["Base", "GenerativeRanker", "Ranker", "Ranking", "RunSpec", "Runtime", "ScoringRanker", "load_catalog",
+           "read_items"]
 
 
 class RunSpec(BaseModel):
@@ -102,51 +104,77 @@ class Ranker(Protocol):
         """Top-k item indices (best first) and their scores after `hist` (item indices, oldest first)."""
         ...
 
+    def rank_many(self, hists: list[np.ndarray], top_k: int) -> list[Ranking]:
+        """`rank` for several users (batched where the head allows it)."""
+        ...
+
 
 class Runtime:
-    """A trained run (or the bare base model) ready to build prompts and rank.
+    """A model (trained or being trained) ready to build prompts and rank.
 
     Args:
         items: the catalog (`read_items`).
-        spec: the run's configs.
-        trainable: the run's `trainable.pt`; None ranks with the base model.
-        catalog_file: a catalog stage's `catalog.safetensors`, if at hand.
+        spec: the run's configs (`spec.train.head` picks the ranking head).
+        base: the base model pieces (tokenizer, prompt pieces, catalog table).
+        model: the model to rank with: `base.model` with trainable weights attached, or a `ScoringModel`.
     """
 
-    def __init__(self, items: pd.DataFrame, spec: RunSpec, trainable: Path | None = None,
-                 catalog_file: Path | None = None):
-        self.items, self.spec = items, spec
-        self.base = Base(items.title.astype(str).tolist(), spec.model, spec.prompt, catalog_file)
-        model = self.base.model
-        if trainable is not None:
-            model = attach_trainable(model, spec.train, self.base.new_tokens)
-            load_trainable(model, trainable)
-        self.model = model.eval()
-        self.embed = model.get_input_embeddings()
-        catalog = self.base.catalog
-        with torch.no_grad():
-            catalog.patches = item_patches(self.embed, catalog.title_ids, catalog.title_len)
+    def __init__(self, items: pd.DataFrame, spec: RunSpec, base: Base, model):
+        self.items, self.spec, self.base, self.model = items, spec, base, model
         self.layout = "text" if spec.train.layout == "mixed" else spec.train.layout
+        self.refresh()
+
+    @classmethod
+    def load(cls, items: pd.DataFrame, spec: RunSpec, trainable: Path | None = None,
+             catalog_file: Path | None = None) -> Runtime:
+        """Load the base model and, when given, a run's `trainable.pt` (None ranks with the bare base model)."""
+        base = Base(items.title.astype(str).tolist(), spec.model, spec.prompt, catalog_file)
+        if spec.train.head == "scoring":
+            model = scoring_model(base.model, spec.train, base.new_tokens, base.catalog)
+        elif trainable is not None:
+            model = attach_trainable(base.model, spec.train, base.new_tokens)
+        else:
+            model = base.model
+        if trainable is not None:
+            load_trainable(model, trainable)
+        return cls(items, spec, base, model.eval())
 
     @classmethod
     def of_run(cls, data_dir: Path, run_dir: Path, catalog_file: Path | None = None) -> Runtime:
         """A finished training folder on the catalog of a prepared data folder."""
-        return cls(read_items(Path(data_dir) / "items.parquet"), RunSpec.of_run(run_dir),
-                   Path(run_dir) / "trainable.pt", catalog_file)
+        return cls.load(read_items(Path(data_dir) / "items.parquet"), RunSpec.of_run(run_dir),
+                        Path(run_dir) / "trainable.pt", catalog_file)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def max_history(self) -> int:
+        """History items a ranking uses (the newest ones)."""
+        tcfg = self.spec.train
+        return Layout.of(tcfg).max_history if tcfg.head == "scoring" else tcfg.max_history
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Recompute the catalog's item patches from the model's current embeddings (generative head)."""
+        if self.spec.train.head == "generative":
+            catalog = self.base.catalog
+            catalog.patches = item_patches(self.model.get_input_embeddings(), catalog.title_ids, catalog.title_len)
 
     def prompt(self, hist: np.ndarray) -> Batch:
-        """The prompt of one history (the newest `max_history` items) in the run's layout."""
+        """The generative head's prompt of one history (the newest `max_history` items) in the run's layout."""
         hist = np.asarray(hist, dtype=np.int64)[-self.spec.train.max_history:]
         tcfg = self.spec.train
         kinds, groups = layout_kinds(torch.tensor([len(hist)]), self.layout, k=tcfg.k, group=tcfg.group)
         return assemble(torch.from_numpy(hist), torch.tensor([0, len(hist)]), None, kinds, groups,
-                        self.base.catalog, self.base.pieces, self.embed)
+                        self.base.catalog, self.base.pieces, self.model.get_input_embeddings())
 
-    def ranker(self, head: Literal["generative"] = "generative", num_beams: int = 20, length_penalty: float = 1.0,
-               bf16: bool | Literal["auto"] = "auto") -> Ranker:
-        """The ranking head to use with this model."""
-        if head != "generative":
-            raise ValueError(f"unknown ranking head {head!r}")
+    def ranker(self, num_beams: int = 20, length_penalty: float = 1.0, bf16: bool | Literal["auto"] = "auto",
+               mask_history: bool = False) -> Ranker:
+        """The run's ranking head (beam settings apply to the generative head, `mask_history` to scoring)."""
+        if self.spec.train.head == "scoring":
+            return ScoringRanker(self, bf16, mask_history)
         return GenerativeRanker(self, num_beams, length_penalty, bf16)
 
 
@@ -165,3 +193,48 @@ class GenerativeRanker:
         with torch.autocast(device().type, dtype=torch.bfloat16, enabled=use_bf16(self.bf16)):
             batch = self.runtime.prompt(hist)
             return rank_one(self.runtime.model, batch.inputs_embeds, self.trie, beams, top_k, self.length_penalty)
+
+    def rank_many(self, hists: list[np.ndarray], top_k: int) -> list[Ranking]:
+        return [self.rank(h, top_k) for h in hists]
+
+
+class ScoringRanker:
+    """The catalog scoring head: one forward pass per batch of users, exact top-k over every catalog item.
+
+    Args:
+        runtime: a runtime whose model is a `ScoringModel`.
+        bf16: bf16 autocast for the forward pass (scores are computed in fp32).
+        mask_history: never recommend an item already in the history.
+        batch_size: users per forward pass.
+    """
+
+    def __init__(self, runtime: Runtime, bf16: bool | Literal["auto"] = "auto", mask_history: bool = False,
+                 batch_size: int = 64):
+        self.runtime, self.bf16, self.mask_history, self.batch_size = runtime, bf16, mask_history, batch_size
+        self.layout = Layout.of(runtime.spec.train)
+
+    def rank(self, hist: np.ndarray, top_k: int) -> Ranking:
+        return self.rank_many([hist], top_k)[0]
+
+    @torch.no_grad()
+    def scores(self, hists: list[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
+        """(B, N) fp32 scores of every catalog item after each history, and each row's positions."""
+        model = self.runtime.model
+        rows = [history_row(h, self.layout) for h in hists]
+        bf16 = use_bf16(self.bf16) or model.bf16_weights
+        with torch.autocast(device().type, dtype=torch.bfloat16, enabled=bf16):
+            batch = assemble_rows(rows, model.item_vectors(), model.start(), self.layout.group)
+            scores = model.last_scores(batch)
+        if self.mask_history:
+            for b, h in enumerate(hists):
+                scores[b, torch.as_tensor(np.asarray(h, dtype=np.int64), device=scores.device)] = float("-inf")
+        return scores, batch.lengths.tolist()
+
+    def rank_many(self, hists: list[np.ndarray], top_k: int) -> list[Ranking]:
+        out: list[Ranking] = []
+        for s in range(0, len(hists), self.batch_size):
+            scores, lengths = self.scores(hists[s : s + self.batch_size])
+            top = torch.topk(scores, min(top_k, scores.shape[1]), dim=1)
+            out += [Ranking(i.tolist(), v.tolist(), n) for i, v, n in zip(top.indices, top.values, lengths,
+                                                                          strict=True)]
+        return out

@@ -112,7 +112,8 @@ def end_pipeline_run(state_dir: Path, run_id: str, ok: bool, metrics: dict[str, 
 
 
 def log_training(run_id: str, meta: dict[str, Any], prefix: str = "") -> None:
-    """Per-step loss, learning rate, throughput and compressed share, batched (one write per 1000 values)."""
+    """Per-step loss, learning rate, throughput and compressed share, and the validation probes of the learning
+    curve (`probe_val_*`), batched (one write per 1000 values)."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
@@ -121,6 +122,8 @@ def log_training(run_id: str, meta: dict[str, Any], prefix: str = "") -> None:
               "samples_per_s": meta.get("step_samples_per_s", []), "compressed_share": meta.get("compressed_share", [])}
     metrics = [Metric(f"{prefix}{key}", float(v), now, i) for key, vals in series.items()
                for i, v in enumerate(vals)]
+    metrics += [Metric(f"{prefix}probe_{k}", float(v), now, int(c["step"])) for c in meta.get("curve", [])
+                for k, v in c.items() if k.startswith("val_")]  # the learning curve, step = optimizer step
     client = MlflowClient()
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
@@ -171,7 +174,7 @@ def plot_training(curves: dict[str, dict[str, Any]], path: Path) -> Path:
     for name, meta in curves.items():
         ax_loss.plot(range(len(meta.get("losses", []))), meta.get("losses", []), label=name)
         ax_lr.plot(range(len(meta.get("lrs", []))), meta.get("lrs", []), label=name)
-    ax_loss.set(title="training loss (label tokens)", xlabel="optimizer step", ylabel="loss")
+    ax_loss.set(title="training loss", xlabel="optimizer step", ylabel="loss")
     ax_lr.set(title="learning rate", xlabel="optimizer step", ylabel="lr")
     for ax in (ax_loss, ax_lr):
         ax.grid(alpha=0.3)

@@ -11,9 +11,10 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,16 +22,17 @@ from torch import Tensor
 
 from patchrec.config import TrainConfig
 from patchrec.contract import StageOutput
-from patchrec.data.sequences import SequenceStore
+from patchrec.data.sequences import SequenceStore, sample_split
 from patchrec.hardware import use_bf16
 from patchrec.io import atomic_path, write_json
 from patchrec.model import attach_trainable, load_trainable
 from patchrec.patching import Batch, CatalogTable, assemble, item_patches, layout_kinds
 from patchrec.prompts import PromptPieces
-from patchrec.runtime import Base, RunSpec, read_items
+from patchrec.runtime import Base, RunSpec, Runtime, read_items
+from patchrec.scoring import Layout, ScoringModel, catalog_loss, plan_windows, scoring_model, window_rows
 
-__all__ = ["StageResult", "batch_plan", "fit", "label_loss", "latest_checkpoint", "make_batch", "save_checkpoint",
-           "train_run"]
+__all__ = ["GenerativeObjective", "Objective", "ScoringObjective", "StageResult", "batch_plan", "fit", "label_loss",
+           "latest_checkpoint", "load_init", "make_batch", "save_checkpoint", "train_run"]
 
 
 @dataclass
@@ -45,6 +47,9 @@ class StageResult:
     compressed_share: list[float]  # per optimizer step: share of history items given as patches
     lrs: list[float] = field(default_factory=list)  # learning rate used by each step
     step_samples_per_s: list[float] = field(default_factory=list)  # throughput of each step
+    seconds: float = 0.0  # training time (without probes)
+    curve: list[dict[str, float]] = field(default_factory=list)  # probes: seconds, step, samples, metrics
+    best: dict[str, float] | None = None  # with keep_best: the probe whose weights the run keeps
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,21 +102,86 @@ def label_loss(model, batch: Batch) -> Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), batch.labels[b, t + 1])
 
 
-def _schedule(optimizer, warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+class Objective(Protocol):
+    """What `fit` trains: a deterministic batch plan and the loss of one micro-batch."""
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def plan(self) -> list[np.ndarray]:
+        """Micro-batches for the whole run (every epoch), the same on every call."""
+        ...
+
+    def refresh(self, model) -> None:
+        """Recompute what follows the weights (patch tables) after loading or an optimizer step."""
+        ...
+
+    def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> tuple[Tensor, int, float]:
+        """(mean loss, targets trained, share of history items given as patches) of one micro-batch."""
+        ...
+
+
+class GenerativeObjective:
+    """The paper's head: one prompt per sample, title tokens of the target as labels (PPT, PFT, SFT)."""
+
+    def __init__(self, store: SequenceStore, catalog: CatalogTable, pieces: PromptPieces, cfg: TrainConfig):
+        self.store, self.catalog, self.pieces, self.cfg = store, catalog, pieces, cfg
+
+    def plan(self) -> list[np.ndarray]:
+        return batch_plan(self.store, self.cfg)
+
+    def refresh(self, model) -> None:
+        cat, dev = self.catalog, next(model.parameters()).device
+        if cat.title_ids.device != dev:
+            moved = cat.to(dev)
+            cat.title_ids, cat.title_len, cat.patches = moved.title_ids, moved.title_len, moved.patches
+        if cat.patches is None or self.cfg.finetune == "full":  # the table follows the embeddings
+            with torch.no_grad():
+                cat.patches = item_patches(model.get_input_embeddings(), cat.title_ids, cat.title_len)
+
+    def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> tuple[Tensor, int, float]:
+        p = progress if self.cfg.stage == "ppt" else 0.0  # the PPT curriculum: compress with probability p
+        batch, share = make_batch(self.store, micro, self.cfg, self.catalog, self.pieces, model.get_input_embeddings(),
+                                  p, generator)
+        return label_loss(model, batch), len(micro), share
+
+
+class ScoringObjective:
+    """The catalog scoring head: windows of a user's sequence, every train target of a window in one pass."""
+
+    def __init__(self, store: SequenceStore, cfg: TrainConfig):
+        self.store, self.cfg, self.layout = store, cfg, Layout.of(cfg)
+        self.windows, self.is_target = plan_windows(store, self.layout)
+        if not len(self.windows):
+            raise ValueError("no training window: the train split has no targets")
+
+    def plan(self) -> list[np.ndarray]:
+        rng = np.random.default_rng(self.cfg.seed)
+        out: list[np.ndarray] = []
+        for _ in range(self.cfg.epochs):
+            idx = rng.permutation(len(self.windows))[: self.cfg.max_samples or None]
+            out += [idx[s : s + self.cfg.batch_size] for s in range(0, len(idx), self.cfg.batch_size)]
+        return out
+
+    def refresh(self, model) -> None:
+        pass  # item patches stay those of the base embeddings; the learned correction carries the rest
+
+    def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> tuple[Tensor, int, float]:
+        rows = window_rows(self.store, self.windows, micro, self.is_target, model.item_vectors(), model.start(),
+                           self.layout)
+        return catalog_loss(model, rows, self.cfg.negatives, generator), len(rows.targets), rows.compressed
+
+
+def _lr_factor(progress: float, warmup: float, step_share: float) -> float:
+    """Linear warmup over the first `warmup` share of the run, then cosine decay to zero."""
+    if progress < warmup:
+        return min(1.0, (progress + step_share) / warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
 
 
 def _trainable(model) -> dict[str, Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, extra: dict, keep: int = 2) -> None:
-    """Weights/adapter, optimizer, scheduler, RNG and data position, written to a temp dir then renamed.
+def save_checkpoint(path: Path, model, optimizer, step: int, extra: dict, keep: int = 2) -> None:
+    """Weights/adapter, optimizer, RNG and data position, written to a temp dir then renamed.
 
     The temp folder's rename is what makes a checkpoint exist; only the newest `keep` are kept, and the
     new one is in place before any older one is removed.
@@ -120,8 +190,8 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, extra: d
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save(_trainable(model), tmp / "trainable.pt")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "torch_rng": torch.get_rng_state(), **extra}, tmp / "state.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, "torch_rng": torch.get_rng_state(), **extra},
+               tmp / "state.pt")
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     done = sorted(_checkpoints(path.parent), key=lambda p: int(p.name.split("_")[1]), reverse=True)
@@ -139,20 +209,38 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(_checkpoints(ckpt_dir), key=lambda p: int(p.name.split("_")[1]), default=None)
 
 
-def fit(model, store: SequenceStore, catalog: CatalogTable, pieces: PromptPieces, cfg: TrainConfig,
-        out_dir: Path, max_steps: int | None = None, is_main: bool = True, progress: bool = True) -> StageResult:
-    """Train `model` (trainable weights attached) on the train split; resumes from the newest checkpoint.
+BEST = "best_probe.pt"  # with keep_best: the trainable weights of the best validation probe so far
+
+
+def _param_groups(model, cfg: TrainConfig) -> list[dict[str, Any]]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    items = [p for n, p in named if n == "item_delta"]
+    groups: list[dict[str, Any]] = [{"params": [p for n, p in named if n != "item_delta"]}]
+    if items:
+        groups.append({"params": items, "lr": cfg.item_lr or cfg.lr, "weight_decay": 0.0})
+    return groups
+
+
+Probe = Callable[[Any], dict[str, float]]  # model -> validation metrics, for the learning curve
+
+
+def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps: int | None = None,
+        is_main: bool = True, progress: bool = True, probe: Probe | None = None) -> StageResult:
+    """Train `model` (trainable weights attached) on `objective`; resumes from the newest checkpoint.
+
+    The learning rate follows the run's progress: steps done / planned, or, with `cfg.max_seconds`, the
+    share of the time budget used when that is larger; training stops when either runs out.
 
     Args:
-        model: the model from `attach_trainable`.
-        store: the prepared sequences and samples.
-        catalog: the catalog table (item patches are recomputed from `model`'s embeddings).
-        pieces: the tokenized prompt pieces.
+        model: the model from `attach_trainable` (or a `ScoringModel` around it).
+        objective: the batch plan and loss (`GenerativeObjective`, `ScoringObjective`).
         cfg: the stage's config.
         out_dir: the stage folder; checkpoints go to `out_dir/checkpoints`.
         max_steps: stop after this step (the schedule still assumes the whole run): simulates interruptions.
         is_main: whether this process writes checkpoints and progress output.
         progress: show a progress bar.
+        probe: validation metrics of the current model, taken every `cfg.curve_every_s` training seconds and
+            at the end (its time is not training time).
 
     Returns:
         The whole run's record (a resumed run includes the steps before the interruption).
@@ -160,78 +248,96 @@ def fit(model, store: SequenceStore, catalog: CatalogTable, pieces: PromptPieces
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     dev = next(model.parameters()).device
-    if catalog.title_ids.device != dev:
-        moved = catalog.to(dev)
-        catalog.title_ids, catalog.title_len, catalog.patches = moved.title_ids, moved.title_len, moved.patches
-    plan = batch_plan(store, cfg)
+    plan = objective.plan()
     total = math.ceil(len(plan) / cfg.grad_accum)
-    embed = model.get_input_embeddings()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = _schedule(optimizer, int(cfg.warmup_ratio * total), total)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
     start = 0
     # per-step records of the whole run; a checkpoint carries them so that a resumed run reports all steps
-    run: dict[str, Any] = {"losses": [], "shares": [], "lrs": [], "speeds": [], "samples": 0, "seconds": 0.0}
+    run: dict[str, Any] = {"losses": [], "shares": [], "lrs": [], "speeds": [], "samples": 0, "seconds": 0.0,
+                           "curve": []}
     if (ck := latest_checkpoint(ckpt_dir)) is not None:
         load_trainable(model, ck / "trainable.pt")
         state = torch.load(ck / "state.pt", map_location=dev, weights_only=True)  # never unpickle code
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"].cpu())
         start = state["step"]
         run = state["run"]
-    if catalog.patches is None or cfg.finetune == "full":  # the table follows the (possibly resumed) embeddings
-        with torch.no_grad():
-            catalog.patches = item_patches(embed, catalog.title_ids, catalog.title_len)
+    objective.refresh(model)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.bf16))
-    shares, losses, lrs, speeds = run["shares"], run["losses"], run["lrs"], run["speeds"]
-    n_samples, t0, seconds0 = int(run["samples"]), time.perf_counter(), float(run["seconds"])
+    shares, losses, lrs, speeds, curve = run["shares"], run["losses"], run["lrs"], run["speeds"], run["curve"]
+    n_samples, elapsed = int(run["samples"]), float(run["seconds"])
     stop = total if max_steps is None else min(total, max_steps)
+    budget = cfg.max_seconds
+
+    def take_probe(step: int) -> None:
+        if probe is not None and is_main:
+            model.eval()
+            curve.append({"seconds": elapsed, "step": step, "samples": n_samples, **probe(model)})
+            model.train()
+            if cfg.keep_best and curve[-1]["val_ndcg_10"] > run.get("best", {}).get("val_ndcg_10", -1.0):
+                with atomic_path(out_dir / BEST) as tmp:
+                    torch.save(_trainable(model), tmp)
+                run["best"] = curve[-1]
+
     bar = None
     if progress and is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=stop, initial=start, desc=f"{cfg.stage}:{cfg.layout}", unit="step")
+        desc = f"{cfg.stage}:{cfg.head}:{cfg.layout}"
+        bar = (tqdm(total=budget, initial=elapsed, desc=desc, unit="s", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s"
+                    " [{elapsed}<{remaining}{postfix}]") if budget else tqdm(total=stop, initial=start, desc=desc,
+                                                                            unit="step"))
     model.train()
     for step in range(start, stop):
+        if budget is not None and elapsed >= budget:
+            break
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        p = step / total if cfg.stage == "ppt" else 0.0
+        done_share = max(step / total, elapsed / budget if budget else 0.0)
+        factor = _lr_factor(done_share, cfg.warmup_ratio, 1 / total)
+        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr * factor
         optimizer.zero_grad(set_to_none=True)
         step_loss, step_shares, step_t0, step_n = 0.0, [], time.perf_counter(), n_samples
-        lrs.append(float(scheduler.get_last_lr()[0]))
+        lrs.append(base_lrs[0] * factor)
         for micro in plan[step * cfg.grad_accum : (step + 1) * cfg.grad_accum]:
             with autocast:
-                batch, share = make_batch(store, micro, cfg, catalog, pieces, embed, p, gen)
-                loss = label_loss(model, batch) / cfg.grad_accum
+                loss, n, share = objective.loss(model, micro, done_share, gen)
+                loss = loss / cfg.grad_accum
             loss.backward()
             step_loss += float(loss.detach())
             step_shares.append(share)
-            n_samples += len(micro)
+            n_samples += n
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
-        scheduler.step()
-        if cfg.finetune == "full":
-            with torch.no_grad():
-                catalog.patches = item_patches(embed, catalog.title_ids, catalog.title_len)
-        loss_val = step_loss
-        losses.append(loss_val)
+        objective.refresh(model)
+        seconds = time.perf_counter() - step_t0
+        elapsed += seconds
+        losses.append(step_loss)
         shares.append(float(np.mean(step_shares)))
-        speeds.append((n_samples - step_n) / max(time.perf_counter() - step_t0, 1e-9))
+        speeds.append((n_samples - step_n) / max(seconds, 1e-9))
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.3f}", samples_s=f"{speeds[-1]:.1f}")
+            bar.update(min(seconds, budget - bar.n) if budget else 1)
+            bar.set_postfix(step=step + 1, loss=f"{step_loss:.3f}", targets_s=f"{speeds[-1]:.1f}")
         done = step + 1
-        if is_main and (done % cfg.checkpoint_every == 0 or done == stop):
-            run.update(samples=n_samples, seconds=seconds0 + time.perf_counter() - t0)
-            save_checkpoint(ckpt_dir / f"step_{done}", model, optimizer, scheduler, done, {"run": run},
-                            keep=cfg.keep_checkpoints)
+        if cfg.curve_every_s and elapsed >= (len(curve) + 1) * cfg.curve_every_s:
+            take_probe(done)
+        if is_main and done % cfg.checkpoint_every == 0:
+            run.update(samples=n_samples, seconds=elapsed)
+            save_checkpoint(ckpt_dir / f"step_{done}", model, optimizer, done, {"run": run}, keep=cfg.keep_checkpoints)
     if bar is not None:
         bar.close()
-    elapsed = seconds0 + time.perf_counter() - t0
     if not losses:
         raise RuntimeError(f"{out_dir}: no training step was run (empty train split or max_steps=0)")
-    return StageResult(stop, n_samples, losses[-1], n_samples / elapsed if elapsed else 0.0, losses, shares, lrs,
-                       speeds)
+    final = len(losses)
+    if probe is not None and (not curve or curve[-1]["step"] != final):
+        take_probe(final)
+    if is_main and (latest_checkpoint(ckpt_dir) is None or int(latest_checkpoint(ckpt_dir).name[5:]) != final):
+        run.update(samples=n_samples, seconds=elapsed)
+        save_checkpoint(ckpt_dir / f"step_{final}", model, optimizer, final, {"run": run}, keep=cfg.keep_checkpoints)
+    return StageResult(final, n_samples, losses[-1], n_samples / elapsed if elapsed else 0.0, losses, shares, lrs,
+                       speeds, seconds=elapsed, curve=curve, best=run.get("best"))
 
 
 def train_run(data_dir: Path, out_dir: Path, spec: RunSpec, init_from: Path | None = None,
@@ -250,17 +356,58 @@ def train_run(data_dir: Path, out_dir: Path, spec: RunSpec, init_from: Path | No
         Totals for the manifest (final loss, steps, samples, samples/s).
     """
     out_dir = Path(out_dir)
+    cfg = spec.train
     items = read_items(Path(data_dir) / "items.parquet")
     base = Base(items.title.astype(str).tolist(), spec.model, spec.prompt, catalog_file)
-    torch.manual_seed(spec.train.seed)
-    model = attach_trainable(base.model, spec.train, base.new_tokens)
+    torch.manual_seed(cfg.seed)
+    store = SequenceStore(data_dir, max_history=cfg.max_history)
+    if cfg.head == "scoring":
+        model = scoring_model(base.model, cfg, base.new_tokens, base.catalog)
+        objective: Objective = ScoringObjective(store, cfg)
+    else:
+        model = attach_trainable(base.model, cfg, base.new_tokens)
+        objective = GenerativeObjective(store, base.catalog, base.pieces, cfg)
     if init_from is not None and latest_checkpoint(out_dir / "checkpoints") is None:
-        load_trainable(model, Path(init_from) / "trainable.pt")
-    store = SequenceStore(data_dir, max_history=spec.train.max_history)
-    result = fit(model, store, base.catalog, base.pieces, spec.train, out_dir, progress=progress)
+        load_init(model, Path(init_from) / "trainable.pt")
+    probe = _val_probe(items, spec, base, model, data_dir) if cfg.curve_every_s else None
+    result = fit(model, objective, cfg, out_dir, progress=progress, probe=probe)
+    final = out_dir / BEST if cfg.keep_best else latest_checkpoint(out_dir / "checkpoints") / "trainable.pt"
     with atomic_path(out_dir / "trainable.pt") as tmp:
-        shutil.copyfile(latest_checkpoint(out_dir / "checkpoints") / "trainable.pt", tmp)
+        shutil.copyfile(final, tmp)
     base.tok.save_pretrained(out_dir / "tokenizer")
     write_json(result.to_dict(), out_dir / "training.json")
-    return StageOutput(metrics={"final_loss": result.final_loss, "steps": float(result.steps),
-                                "samples": float(result.samples), "samples_per_s": result.samples_per_s})
+    metrics = {"final_loss": result.final_loss, "steps": float(result.steps), "samples": float(result.samples),
+               "samples_per_s": result.samples_per_s, "train_seconds": result.seconds}
+    if result.best:
+        metrics.update(kept_step=float(result.best["step"]), kept_val_ndcg_10=result.best["val_ndcg_10"])
+    return StageOutput(metrics=metrics)
+
+
+def load_init(model, path: Path) -> None:
+    """Start from another run's `trainable.pt`: a champion of the same head, or a PPT run's LM weights
+    under a scoring head (the head's own weights then start fresh)."""
+    if isinstance(model, ScoringModel) and not any(k == "item_delta" or k.startswith("lm.") for k in
+                                                   torch.load(path, map_location="cpu", weights_only=True)):
+        load_trainable(model.lm, path)
+    else:
+        load_trainable(model, path)
+
+
+def _val_probe(items, spec: RunSpec, base: Base, model, data_dir: Path) -> Probe:
+    """Validation NDCG@10 and HR@20 of the model being trained, on a fixed sample (the learning curve)."""
+    from patchrec.evaluation.metrics import first_ranks, summarize_ranks
+
+    runtime = Runtime(items, spec, base, model)
+    store = SequenceStore(data_dir, max_history=runtime.max_history)
+    idx = sample_split(store, "val", spec.train.curve_samples, spec.train.seed)
+    samples = [store.sample(int(i)) for i in idx]
+
+    def probe(_model) -> dict[str, float]:
+        with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=use_bf16(spec.train.bf16)):
+            runtime.refresh()
+            got = runtime.ranker().rank_many([h for h, _ in samples], 20)
+        ranks = first_ranks([g.items for g in got], [t for _, t in samples])
+        m = summarize_ranks(ranks, store.sample_user[idx])
+        return {"val_ndcg_10": m["ndcg_10"], "val_hr_20": m["hr_20"]}
+
+    return probe

@@ -9,7 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from patchrec.services import Services, process_alive
+
+pytestmark = pytest.mark.slow  # a real Prefect server, worker and deployment run
 
 
 def _free_port() -> int:

@@ -40,3 +40,14 @@ def test_fingerprint_is_stable_and_sensitive():
     assert fingerprint("pft", a, "data1") == fingerprint("pft", dict(reversed(list(a.items()))), "data1")
     assert fingerprint("pft", a, "data1") != fingerprint("pft", a, "data2")
     assert fingerprint("pft", a, "data1") != fingerprint("pft", {**a, "lr": 0.1}, "data1")
+
+
+def test_the_flows_offer_every_profile():
+    from typing import get_args
+
+    from flows.pipeline import Profile
+    from patchrec.profiles import PROFILES
+
+    assert set(get_args(Profile)) == set(PROFILES)
+    for name in PROFILES:  # every profile validates
+        assert load_pipeline(name).profile == name

@@ -14,7 +14,7 @@ from patchrec.data.sequences import SequenceStore
 from patchrec.model import add_prompt_tokens, attach_trainable, build_tiny
 from patchrec.patching import CatalogTable
 from patchrec.prompts import PromptConfig, render_pieces, tokenize_titles
-from patchrec.training import fit, latest_checkpoint
+from patchrec.training import GenerativeObjective, fit, latest_checkpoint
 from tests.conftest import write
 
 WORDS = ["Red", "Blue", "Night", "Day", "Star", "River", "King", "Ghost", "City", "Dream"]
@@ -61,7 +61,8 @@ def test_curriculum_share_rises_with_the_step(data, tmp_path):
     model, pieces, catalog, new = _setup(data)
     torch.manual_seed(0)
     model = attach_trainable(model, _cfg(), new)
-    res = fit(model, SequenceStore(data, max_history=20), catalog, pieces, _cfg(), tmp_path, progress=False)
+    objective = GenerativeObjective(SequenceStore(data, max_history=20), catalog, pieces, _cfg())
+    res = fit(model, objective, _cfg(), tmp_path, progress=False)
     s = res.compressed_share
     assert len(s) == 12 and s[0] == 0.0
     assert np.mean(s[:4]) < np.mean(s[4:8]) < np.mean(s[8:])
@@ -75,7 +76,7 @@ def test_pft_session_loss_falls(data, tmp_path):
     torch.manual_seed(0)
     model = attach_trainable(model, cfg, new)
     store = SequenceStore(data, max_history=20)
-    res = fit(model, store, catalog, pieces, cfg, tmp_path, progress=False)
+    res = fit(model, GenerativeObjective(store, catalog, pieces, cfg), cfg, tmp_path, progress=False)
     assert res.steps > 20 and np.isfinite(res.final_loss)
     assert np.mean(res.losses[-5:]) < 0.8 * np.mean(res.losses[:5])
 
@@ -91,14 +92,15 @@ def test_resume_equals_uninterrupted_run(data, tmp_path, finetune):
         return attach_trainable(model, cfg, new), pieces, catalog
 
     model, pieces, catalog = fresh()
-    fit(model, store, catalog, pieces, cfg, tmp_path / "straight", progress=False)
+    fit(model, GenerativeObjective(store, catalog, pieces, cfg), cfg, tmp_path / "straight", progress=False)
     straight = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     model, pieces, catalog = fresh()
-    fit(model, store, catalog, pieces, cfg, tmp_path / "resumed", max_steps=5, progress=False)  # "crash"
+    objective = GenerativeObjective(store, catalog, pieces, cfg)
+    fit(model, objective, cfg, tmp_path / "resumed", max_steps=5, progress=False)  # "crash"
     torch.manual_seed(999)  # a new process: different global RNG until the checkpoint restores it
     model, pieces, catalog = fresh()
-    res = fit(model, store, catalog, pieces, cfg, tmp_path / "resumed", progress=False)
+    res = fit(model, GenerativeObjective(store, catalog, pieces, cfg), cfg, tmp_path / "resumed", progress=False)
     assert res.steps == 12
     for n, p in model.named_parameters():
         if p.requires_grad:
@@ -112,8 +114,8 @@ def test_rerun_after_the_last_checkpoint_reports_the_real_run(data, tmp_path):
     model, pieces, catalog, new = _setup(data)
     torch.manual_seed(0)
     model = attach_trainable(model, cfg, new)
-    first = fit(model, store, catalog, pieces, cfg, tmp_path, progress=False)
-    again = fit(model, store, catalog, pieces, cfg, tmp_path, progress=False)
+    first = fit(model, GenerativeObjective(store, catalog, pieces, cfg), cfg, tmp_path, progress=False)
+    again = fit(model, GenerativeObjective(store, catalog, pieces, cfg), cfg, tmp_path, progress=False)
     assert again.final_loss == first.final_loss and np.isfinite(again.final_loss)
     assert again.samples == first.samples == 48 and again.losses == first.losses
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_10", "step_12"]
@@ -126,7 +128,7 @@ def test_a_planted_pickle_in_a_checkpoint_is_not_executed(data, tmp_path):
     cfg = _cfg(max_samples=8)
     model, pieces, catalog, new = _setup(data)
     model = attach_trainable(model, cfg, new)
-    fit(model, store, catalog, pieces, cfg, tmp_path, max_steps=1, progress=False)
+    fit(model, GenerativeObjective(store, catalog, pieces, cfg), cfg, tmp_path, max_steps=1, progress=False)
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -137,5 +139,5 @@ def test_a_planted_pickle_in_a_checkpoint_is_not_executed(data, tmp_path):
     with open(ck / "state.pt", "wb") as fh:
         pickle.dump({"step": 1, "evil": Evil()}, fh)
     with pytest.raises(pickle.UnpicklingError):
-        fit(model, store, catalog, pieces, cfg, tmp_path, progress=False)
+        fit(model, GenerativeObjective(store, catalog, pieces, cfg), cfg, tmp_path, progress=False)
     assert not marker.exists()

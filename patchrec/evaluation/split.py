@@ -32,23 +32,27 @@ def evaluate_split(runtime: Runtime, data_dir: Path, out_dir: Path, ecfg: EvalCo
         The eval.json object: split, samples, layout, users_per_s, prompt_tokens_mean, metrics (exact item
         id, plain and history-masked, plus the release's lenient title match) and by_history_length.
     """
-    ranker = runtime.ranker(num_beams=ecfg.num_beams, length_penalty=ecfg.length_penalty, bf16=ecfg.bf16)
-    store = SequenceStore(data_dir, max_history=runtime.spec.train.max_history)
+    ranker = runtime.ranker(num_beams=ecfg.num_beams, length_penalty=ecfg.length_penalty, bf16=ecfg.bf16,
+                            mask_history=ecfg.mask_history)
+    store = SequenceStore(data_dir, max_history=runtime.max_history)
     idx = sample_split(store, ecfg.split, ecfg.max_samples, ecfg.seed)
-    ranked, targets, hists, tokens = [], [], [], []
-    iterator = idx
+    hists, targets = zip(*(store.sample(int(i)) for i in idx)) if len(idx) else ((), ())
+    ranked, tokens = [], []
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(idx, desc=f"rank {ecfg.split}", unit="user")
+        bar = tqdm(total=len(idx), desc=f"rank {ecfg.split}", unit="user")
     t0 = time.perf_counter()
-    for i in iterator:
-        hist, target = store.sample(int(i))
-        r = ranker.rank(hist, ecfg.top_k)
-        ranked.append(r.items)
-        tokens.append(r.prompt_tokens)
-        hists.append(hist)
-        targets.append(target)
+    chunk = getattr(ranker, "batch_size", 1)  # users per call: a batch for the scoring head, one for beam search
+    for s in range(0, len(idx), chunk):
+        got = ranker.rank_many(list(hists[s : s + chunk]), ecfg.top_k)
+        ranked += [r.items for r in got]
+        tokens += [r.prompt_tokens for r in got]
+        if bar is not None:
+            bar.update(len(got))
+    if bar is not None:
+        bar.close()
     seconds = time.perf_counter() - t0
     users = store.sample_user[idx].astype(np.int64)
     hist_len = np.array([len(h) for h in hists], dtype=np.int64)

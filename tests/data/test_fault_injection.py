@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from tests.conftest import write
+
+pytestmark = pytest.mark.slow  # kills real processes
 
 SOURCE = {"interactions": {"path": "events-*.csv", "user": "u", "item": "i", "time": "t"},
           "items": {"path": "items.csv", "id": "id", "title": "title"}}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # whole pipelines with MLflow
+
 
 def _client(state):
     from mlflow import MlflowClient
@@ -132,3 +134,27 @@ def test_failed_stage_keeps_earlier_outputs(tiny_state, monkeypatch):
     assert sorted(r.info.run_name for r in failed) == ["full-pipeline (tiny)", "register"]
     again = full_pipeline("tiny", state_dir=str(state))
     assert all(again["reused"].values()) and again["run_dir"] == first["run_dir"]
+
+
+def test_scoring_head_through_the_whole_lifecycle(prefect_server, tmp_path):
+    """The catalog scoring head: trained, evaluated, registered and served like the generative head."""
+    import mlflow.pyfunc
+
+    from flows.pipeline import full_pipeline_flow as full_pipeline
+    from patchrec.contract import read_manifest
+
+    res = full_pipeline("tiny-scoring", state_dir=str(tmp_path))
+    assert res["reused"] == {"catalog": False, "pft": False, "eval-val": False, "eval-test": False}
+    assert read_manifest(res["run_dir"], "pft").config["train"]["head"] == "scoring"
+    assert res["registry"]["registered"] and res["registry"]["version"] == 1
+    assert "popularity_test_hr_10" in res["metrics"] and 0 <= res["metrics"]["test_hr_10"] <= 1
+    _client(tmp_path)
+    model = mlflow.pyfunc.load_model("models:/patchrec-tiny@champion")
+    out = model.predict(pd.DataFrame({"history": [["m01", "m02", "m03"], ["m10"]]}), params={"top_k": 5})
+    n_items = len(pd.read_csv("examples/tiny/raw/items.csv"))
+    for keys, _, scores in out.itertuples(index=False):
+        assert len(keys) == 5 and len(set(keys)) == 5 and list(scores) == sorted(scores, reverse=True)
+    everything = model.predict(pd.DataFrame({"history": [["m01"]]}), params={"top_k": n_items})
+    assert len(everything.item_keys[0]) == n_items  # exact ranking over the whole catalog, by item id
+    again = full_pipeline("tiny-scoring", state_dir=str(tmp_path))
+    assert all(again["reused"].values()) and not again["registry"]["registered"]

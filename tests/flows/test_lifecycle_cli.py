@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from patchrec.cli import main
+
+pytestmark = pytest.mark.slow  # whole pipelines through the CLI
 
 
 def test_model_list_and_recommend(tiny_state, capsys):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from patchrec.profiles import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow  # whole pipelines with MLflow
 
 
 def test_nightly_retrain(prefect_server, tmp_path):

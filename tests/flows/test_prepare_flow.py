@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from patchrec.config import DataConfig
+
+pytestmark = pytest.mark.slow  # Prefect flows
 
 
 def test_prepare_data_flow(prefect_server, ml100k_dir, tmp_path):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # MLflow model serving
+
 
 def _free_port() -> int:
     with socket.socket() as s:
