@@ -141,9 +141,11 @@ def attach_trainable(model, cfg: TrainConfig, new_token_ids: list[int]):
     return get_peft_model(model, lcfg)
 
 
-def load_trainable(model, path: Path) -> None:
-    """Load `trainable.pt` (tensors only, never pickled code) into the trainable parameters of `model`."""
-    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+def load_trainable(model, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load `trainable.pt` (tensors only, never pickled code) into the trainable parameters of `model`;
+    `state` is that file's content when the caller has already read it."""
+    if state is None:
+        state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
     missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
     if missing:
         raise ValueError(f"{path} lacks trainable tensors {missing[:3]} (different model or stage?)")

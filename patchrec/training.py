@@ -333,7 +333,7 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
     final = len(losses)
     if probe is not None and (not curve or curve[-1]["step"] != final):
         take_probe(final)
-    if is_main and (latest_checkpoint(ckpt_dir) is None or int(latest_checkpoint(ckpt_dir).name[5:]) != final):
+    if is_main and ((last := latest_checkpoint(ckpt_dir)) is None or last.name != f"step_{final}"):
         run.update(samples=n_samples, seconds=elapsed)
         save_checkpoint(ckpt_dir / f"step_{final}", model, optimizer, final, {"run": run}, keep=cfg.keep_checkpoints)
     return StageResult(final, n_samples, losses[-1], n_samples / elapsed if elapsed else 0.0, losses, shares, lrs,
@@ -386,11 +386,9 @@ def train_run(data_dir: Path, out_dir: Path, spec: RunSpec, init_from: Path | No
 def load_init(model, path: Path) -> None:
     """Start from another run's `trainable.pt`: a champion of the same head, or a PPT run's LM weights
     under a scoring head (the head's own weights then start fresh)."""
-    if isinstance(model, ScoringModel) and not any(k == "item_delta" or k.startswith("lm.") for k in
-                                                   torch.load(path, map_location="cpu", weights_only=True)):
-        load_trainable(model.lm, path)
-    else:
-        load_trainable(model, path)
+    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)  # read once
+    lm_only = isinstance(model, ScoringModel) and not any(k == "item_delta" or k.startswith("lm.") for k in state)
+    load_trainable(model.lm if lm_only else model, path, state)
 
 
 def _val_probe(items, spec: RunSpec, base: Base, model, data_dir: Path) -> Probe:
