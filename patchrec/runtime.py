@@ -171,10 +171,11 @@ class Runtime:
                         self.base.catalog, self.base.pieces, self.model.get_input_embeddings())
 
     def ranker(self, num_beams: int = 20, length_penalty: float = 1.0, bf16: bool | Literal["auto"] = "auto",
-               mask_history: bool = False) -> Ranker:
-        """The run's ranking head (beam settings apply to the generative head, `mask_history` to scoring)."""
+               mask_history: bool = False, batch_size: int = 64) -> Ranker:
+        """The run's ranking head (beam settings apply to the generative head; `mask_history` and `batch_size`,
+        users per forward pass, to scoring)."""
         if self.spec.train.head == "scoring":
-            return ScoringRanker(self, bf16, mask_history)
+            return ScoringRanker(self, bf16, mask_history, batch_size)
         return GenerativeRanker(self, num_beams, length_penalty, bf16)
 
 
