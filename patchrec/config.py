@@ -231,7 +231,8 @@ class EvalConfig(_Frozen):
     top_k: int = Field(20, ge=1)
     length_penalty: float = 1.0
     mask_history: bool = Field(False, description="scoring head: never rank an item of the history")
-    batch_size: int = Field(64, ge=1, description="scoring head: users per forward pass")
+    batch_size: int | None = Field(None, ge=1, description="users ranked together (default: 64 for the scoring "
+                                   "head, 8 for the generative head's beam search)")
     bf16: bool | Literal["auto"] = "auto"
     seed: int = 0
 
