@@ -32,13 +32,12 @@ LAYOUTS = {  # name: (mode, max_history, k, group)
 
 
 def _prepared(name: str, work: Path, paper: Path = PAPER) -> Path:
+    """The paper's processed `name` split, prepared once under `work` (reused while the raw files are unchanged)."""
     from patchrec.config import DataConfig
-    from patchrec.data.ingest import ingest
-    from patchrec.data.sequences import build_splits
+    from patchrec.data.prepare import prepare_data
 
     cfg = DataConfig(format="patchrec-paper", raw=paper / name, out=work / name)
-    ingest(cfg)
-    build_splits(cfg)
+    prepare_data(cfg)
     return cfg.out
 
 
@@ -154,7 +153,8 @@ def train_speed(s, store, steps: int, batch: int) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-5)
     s.catalog.patches = _patches(s)
     idx = store.indices("train")
-    idx = idx[store.sample_pos[idx] >= 100][: max(steps, 1) * batch]  # long histories: the case patches are for
+    # the longest histories first (100 items and more on MovieLens): the case patches are for
+    idx = idx[np.argsort(-store.sample_pos[idx], kind="stable")][: max(steps, 1) * batch]
     bf16 = use_bf16("auto")
     # Matmul FLOPs per token: 2N forward + 2N backward (input grads) for the frozen non-embedding weights
     # under LoRA (6N with full fine-tuning); the embedding table is a lookup, the LM head runs on labels only.
