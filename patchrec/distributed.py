@@ -1,4 +1,4 @@
-"""The process group a stage runs in: one process, or one rank of a `torchrun` launch (DDP or FSDP).
+"""The process group a stage runs in: one process, or one rank of a `torchrun` launch (DDP).
 
 Every rank holds the same deterministic batch plan; a global micro-batch is split into contiguous shards, one
 per rank, and each rank's loss is scaled so that the synchronised gradient equals the single-process gradient
@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
-__all__ = ["Dist", "Strategy", "current", "init_from_env"]
-
-Strategy = Literal["ddp", "fsdp"]
+__all__ = ["SINGLE", "Dist", "init_from_env", "zero_loss"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +26,6 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    strategy: Strategy = "ddp"
 
     @property
     def is_main(self) -> bool:
@@ -77,18 +74,14 @@ class Dist:
             tdist.barrier()
 
     def wrap(self, module: nn.Module) -> nn.Module:
-        """`module` under DDP (gradients averaged over ranks) or FSDP (parameters, gradients and optimizer
-        state fully sharded); unchanged in a single process."""
+        """`module` under DDP (gradients averaged over ranks during backward); unchanged in a single process.
+        Buffers are not broadcast at every forward: they are the same on every rank (fixed item patches)."""
         if not self.active:
             return module
-        if self.strategy == "fsdp":
-            from torch.distributed.fsdp import fully_shard
-
-            return fully_shard(module)
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.local_rank] if self.device().type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids)
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
     def _comm_device(self) -> torch.device:
         return self.device() if tdist.get_backend() == "nccl" else torch.device("cpu")
@@ -97,26 +90,19 @@ class Dist:
 SINGLE = Dist()
 
 
-def init_from_env(strategy: Strategy = "ddp") -> Dist:
+def init_from_env() -> Dist:
     """The group `torchrun` describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK), joined with nccl on
     GPUs and gloo on CPUs; a single process when WORLD_SIZE is unset or 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist(strategy=strategy)
+        return SINGLE
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local)
     if not tdist.is_initialized():
         tdist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(rank=rank, world=world, local_rank=local, strategy=strategy)
-
-
-def current() -> Dist:
-    """The group this process already belongs to (SINGLE when none was initialised)."""
-    if not tdist.is_available() or not tdist.is_initialized():
-        return SINGLE
-    return Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(rank=rank, world=world, local_rank=local)
 
 
 def zero_loss(params: list[Tensor]) -> Tensor:
