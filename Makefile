@@ -23,13 +23,14 @@ SERVE_PORT ?= 5001
 
 QUALITY_PROFILE ?= ml-100k
 
-.PHONY: help venv demo test test-fast bench quality up down status run nightly mlflow-ui serve clean
+.PHONY: help venv demo test test-fast bench bench-gpu quality up down status run nightly mlflow-ui serve clean
 
 help:
 	@echo "make demo       # set up, then the full pipeline on MovieLens-100k + SmolLM2 (demo profile), registered in MLflow"
 	@echo "make test       # set up, then the linter and the whole test suite (what CI runs)"
 	@echo "make test-fast  # the unit tier only: no real Prefect server, serving or whole pipelines (~1 min)"
 	@echo "make bench      # run every benchmark; JSON goes to bench/results/"
+	@echo "make bench-gpu  # on a GPU machine: core benchmarks with SmolLM2- and Llama-1B-shaped models (~8 min)"
 	@echo "make quality    # LLM variants (equal training time) vs popularity/SASRec on the paper split (~90 min on 2 cores)"
 	@echo "make up         # local Prefect server (127.0.0.1:4200) + work pool + deployments + worker; make down stops them"
 	@echo "make run        # prefect deployment run patchrec/full-pipeline (after make up)"
@@ -86,6 +87,12 @@ bench: $(STAMP)
 
 quality: $(STAMP)
 	$(PY) -m bench.quality --profile $(QUALITY_PROFILE) $(QUALITY_ARGS)
+
+# On a GPU machine, with a Python that already has a CUDA build of torch and this project's dependencies
+# (the venv pins the CPU wheel): every core benchmark on SmolLM2- and Llama-3.2-1B-shaped random models.
+GPU_PYTHON ?= python3
+bench-gpu:
+	HF_HUB_OFFLINE=1 $(GPU_PYTHON) -m bench.gpu $(BENCH_GPU_ARGS)
 
 clean:
 	rm -rf $(STATE) build *.egg-info

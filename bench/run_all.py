@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bench import core, ingest
+from bench import core, distributed, ingest
 
-BENCHMARKS = [ingest.main, core.main]
+BENCHMARKS = [ingest.main, core.main, distributed.main]
 
 if __name__ == "__main__":
     for run in BENCHMARKS:

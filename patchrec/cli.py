@@ -59,6 +59,19 @@ def _model_config(args: argparse.Namespace) -> Any:
     return ModelConfig(base=args.base, cache_dir=args.model_cache)
 
 
+def _launch(args: argparse.Namespace) -> Any:
+    from patchrec.config import LaunchConfig
+
+    return LaunchConfig(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint)
+
+
+def _add_launch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="torchrun ranks per node (DDP; default 1: "
+                        "this process)")
+    parser.add_argument("--nnodes", type=int, default=1)
+    parser.add_argument("--rdzv-endpoint", help="host:port of the rendezvous when nnodes > 1")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from patchrec.config import TrainConfig
     from patchrec.contract import StageRecord, read_manifest
@@ -71,7 +84,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
               if getattr(args, k) is not None}
     spec = RunSpec(train=TrainConfig(**fields), model=_model_config(args))
     init = StageRecord.of(args.init_from.resolve(), read_manifest(args.init_from), True) if args.init_from else None
-    rec = train_into(lambda fp: args.out, spec.train.stage, spec, data_record(args.data), init=init)
+    rec = train_into(lambda fp: args.out, spec.train.stage, spec, data_record(args.data), init=init,
+                     launch=_launch(args))
     print(json.dumps({"out_dir": str(rec.dir), "reused": rec.reused, **rec.metrics}))
     return 0
 
@@ -84,7 +98,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     ecfg = EvalConfig(split=args.split, max_samples=args.max_samples, num_beams=args.beams, top_k=args.top_k)
     run = StageRecord.of(args.run.resolve(), read_manifest(args.run), reused=True)
-    rec = evaluate_into(lambda fp: args.out, ecfg, data_record(args.data), run)
+    rec = evaluate_into(lambda fp: args.out, ecfg, data_record(args.data), run, launch=_launch(args))
     res = read_json(rec.dir / "eval.json")
     m = res["metrics"]
     if args.json:
@@ -280,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                       ("stride", int), ("sessions", int), ("max-seconds", float)):
         tr.add_argument(f"--{name}", type=typ)
     tr.add_argument("--finetune", choices=["lora", "full"])
+    _add_launch(tr)
     tr.set_defaults(func=_cmd_train)
 
     ev = top.add_parser("evaluate", help="rank a split with the run's head and report HR/NDCG")
@@ -291,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--beams", type=int, default=20)
     ev.add_argument("--top-k", type=int, default=20)
     ev.add_argument("--json", action="store_true", help="print eval.json")
+    _add_launch(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
     bl = top.add_parser(

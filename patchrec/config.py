@@ -17,6 +17,7 @@ __all__ = [
     "InteractionSource",
     "ItemSource",
     "KeyMapSource",
+    "LaunchConfig",
     "ModelConfig",
     "SASRecConfig",
     "TableSource",
@@ -191,6 +192,29 @@ class TrainConfig(_Frozen):
         return self
 
 
+class LaunchConfig(_Frozen):
+    """Where a training or evaluation stage runs: in this process, or as `torchrun` ranks (DDP; gloo on CPUs,
+    nccl on GPUs). Not part of any fingerprint: the same global batches give the same result at any world size,
+    so a run may resume with another one."""
+
+    nproc_per_node: int = Field(1, ge=1, description="ranks per node (1 and nnodes 1: no torchrun)")
+    nnodes: int = Field(1, ge=1)
+    rdzv_endpoint: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+:[0-9]{1,5}$",
+                                      description="host:port of the c10d rendezvous (needed when nnodes > 1)")
+    max_restarts: int = Field(0, ge=0, description="times torchrun restarts every rank after one fails; the "
+                              "ranks resume from the newest checkpoint")
+
+    @property
+    def world(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @model_validator(mode="after")
+    def _check(self) -> LaunchConfig:
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError("several nodes meet at a rendezvous: set rdzv_endpoint (host:port)")
+        return self
+
+
 class ModelConfig(_Frozen):
     """The base model: 'smollm2' (the embedded default), 'tiny' (random, offline, for tests) or a local folder."""
 
@@ -207,6 +231,8 @@ class EvalConfig(_Frozen):
     top_k: int = Field(20, ge=1)
     length_penalty: float = 1.0
     mask_history: bool = Field(False, description="scoring head: never rank an item of the history")
+    batch_size: int | None = Field(None, ge=1, description="users ranked together (default: 64 for the scoring "
+                                   "head, 8 for the generative head's beam search)")
     bf16: bool | Literal["auto"] = "auto"
     seed: int = 0
 

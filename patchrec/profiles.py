@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from patchrec.config import DataConfig, EvalConfig, ModelConfig, SASRecConfig, TrainConfig, load_source
+from patchrec.config import DataConfig, EvalConfig, LaunchConfig, ModelConfig, SASRecConfig, TrainConfig, load_source
 from patchrec.prompts import PromptConfig
 
 __all__ = ["PROFILES", "PROJECT_ROOT", "PipelineConfig", "RegistryConfig", "flatten", "load_pipeline",
@@ -65,6 +65,8 @@ class PipelineConfig(BaseModel):
         (), description="ID-based baselines trained and evaluated on the same split (test sample as `test`)")
     sasrec: SASRecConfig = SASRecConfig()
     warm_start: bool = Field(True, description="nightly: fine-tune from the champion instead of from scratch")
+    launch: LaunchConfig = Field(LaunchConfig(), description="training and evaluation in this process, or as "
+                                 "torchrun ranks (nproc_per_node, nnodes, rdzv_endpoint)")
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from patchrec.config import ModelConfig, TrainConfig
 from patchrec.contract import read_manifest
-from patchrec.evaluation.beam import Ranking, rank_one
+from patchrec.evaluation.beam import Ranking, rank_batch
 from patchrec.evaluation.trie import TitleTrie
 from patchrec.hardware import device, use_bf16
 from patchrec.model import (
@@ -171,31 +171,36 @@ class Runtime:
                         self.base.catalog, self.base.pieces, self.model.get_input_embeddings())
 
     def ranker(self, num_beams: int = 20, length_penalty: float = 1.0, bf16: bool | Literal["auto"] = "auto",
-               mask_history: bool = False) -> Ranker:
-        """The run's ranking head (beam settings apply to the generative head, `mask_history` to scoring)."""
+               mask_history: bool = False, batch_size: int | None = None) -> Ranker:
+        """The run's ranking head (beam settings apply to the generative head, `mask_history` to scoring);
+        `batch_size`: users ranked together (default 64 for scoring, 8 for beam search)."""
         if self.spec.train.head == "scoring":
-            return ScoringRanker(self, bf16, mask_history)
-        return GenerativeRanker(self, num_beams, length_penalty, bf16)
+            return ScoringRanker(self, bf16, mask_history, batch_size or 64)
+        return GenerativeRanker(self, num_beams, length_penalty, bf16, batch_size or 8)
 
 
 class GenerativeRanker:
-    """The paper's head: constrained beam search over catalog titles (one prefill per user)."""
+    """The paper's head: constrained beam search over catalog titles, `batch_size` users decoded together (one
+    prefill per user, every user's beams in each forward step)."""
 
     def __init__(self, runtime: Runtime, num_beams: int = 20, length_penalty: float = 1.0,
-                 bf16: bool | Literal["auto"] = "auto"):
+                 bf16: bool | Literal["auto"] = "auto", batch_size: int = 8):
         self.runtime, self.num_beams, self.length_penalty, self.bf16 = runtime, num_beams, length_penalty, bf16
+        self.batch_size = batch_size
         cat = runtime.base.catalog
         self.trie = TitleTrie.build(cat.title_ids, cat.title_len, runtime.base.pieces.end[0])
 
-    @torch.no_grad()
     def rank(self, hist: np.ndarray, top_k: int) -> Ranking:
-        beams = max(self.num_beams, top_k)
-        with torch.autocast(device().type, dtype=torch.bfloat16, enabled=use_bf16(self.bf16)):
-            batch = self.runtime.prompt(hist)
-            return rank_one(self.runtime.model, batch.inputs_embeds, self.trie, beams, top_k, self.length_penalty)
+        return self.rank_many([hist], top_k)[0]
 
+    @torch.no_grad()
     def rank_many(self, hists: list[np.ndarray], top_k: int) -> list[Ranking]:
-        return [self.rank(h, top_k) for h in hists]
+        beams, out = max(self.num_beams, top_k), []
+        with torch.autocast(device().type, dtype=torch.bfloat16, enabled=use_bf16(self.bf16)):
+            for s in range(0, len(hists), self.batch_size):
+                prompts = [self.runtime.prompt(h).inputs_embeds for h in hists[s : s + self.batch_size]]
+                out += rank_batch(self.runtime.model, prompts, self.trie, beams, top_k, self.length_penalty)
+        return out
 
 
 class ScoringRanker:

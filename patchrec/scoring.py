@@ -220,17 +220,18 @@ class ScoringModel(nn.Module):
 
 
 def catalog_loss(model: ScoringModel, rows: Rows, negatives: int | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
-    """Cross-entropy of each loss position's target: over the whole catalog, or (with `negatives`) over the
-    batch's targets plus that many uniform negatives (targets already among the candidates are not negatives).
+                 generator: torch.Generator | None = None, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of each loss position's target (mean or sum over positions): over the whole catalog, or
+    (with `negatives`) over the batch's targets plus that many uniform negatives (targets already among the
+    candidates are not negatives).
     """
     h = model.hidden(rows)[rows.loss_b, rows.loss_s].float()  # (n, D)
     vectors = model.item_vectors().float()
     if negatives is None:
-        return nn.functional.cross_entropy(h @ vectors.T, rows.targets)
+        return nn.functional.cross_entropy(h @ vectors.T, rows.targets, reduction=reduction)
     drawn = torch.randint(0, vectors.shape[0], (negatives,), generator=generator).to(vectors.device)
     cands, inverse = torch.unique(torch.cat([rows.targets, drawn]), return_inverse=True)
-    return nn.functional.cross_entropy(h @ vectors[cands].T, inverse[: len(rows.targets)])
+    return nn.functional.cross_entropy(h @ vectors[cands].T, inverse[: len(rows.targets)], reduction=reduction)
 
 
 def scoring_model(lm: nn.Module, cfg: TrainConfig, new_tokens: list[int], catalog: CatalogTable) -> ScoringModel:
@@ -245,8 +246,10 @@ def scoring_model(lm: nn.Module, cfg: TrainConfig, new_tokens: list[int], catalo
     with torch.no_grad():
         patches = item_patches(lm.get_input_embeddings(), catalog.title_ids, catalog.title_len)
     lm = attach_trainable(lm, cfg, new_tokens)
-    if cfg.finetune == "full":
+    if cfg.finetune == "full":  # the head scores with item vectors: neither embedding table is trained
         lm.get_input_embeddings().weight.requires_grad_(False)
+        if (out := lm.get_output_embeddings()) is not None:
+            out.weight.requires_grad_(False)
     elif use_bf16(cfg.bf16):
         for p in lm.parameters():
             if not p.requires_grad:

@@ -21,10 +21,11 @@ from pydantic import BaseModel, ConfigDict
 
 from patchrec import registry, tracking
 from patchrec.catalog import CATALOG_FILE, build_catalog_table
-from patchrec.config import EvalConfig, SASRecConfig
+from patchrec.config import EvalConfig, LaunchConfig, SASRecConfig
 from patchrec.contract import StageOutput, StageRecord, Tracker, fingerprint, read_manifest, run_stage
 from patchrec.data.sequences import SequenceStore
 from patchrec.io import read_json
+from patchrec.launch import EvalJob, TrainJob, run_job
 from patchrec.profiles import PipelineConfig, flatten, model_identity
 from patchrec.runtime import RunSpec
 
@@ -111,7 +112,8 @@ def data_record(data_dir: Path) -> StageRecord:
 
 
 def train_into(folder_of: FolderOf, stage: str, spec: RunSpec, data: StageRecord, cat: StageRecord | None = None,
-               init: StageRecord | None = None, tracker: Tracker | None = None) -> StageRecord:
+               init: StageRecord | None = None, tracker: Tracker | None = None,
+               launch: LaunchConfig = LaunchConfig()) -> StageRecord:
     """Train one stage (PPT, PFT or SFT) through the stage contract.
 
     Args:
@@ -122,17 +124,17 @@ def train_into(folder_of: FolderOf, stage: str, spec: RunSpec, data: StageRecord
         cat: the catalog stage (skips tokenizing titles again), if any.
         init: the stage whose `trainable.pt` training starts from (a PPT run or a champion bundle), if any.
         tracker: where the stage's MLflow run goes (per-step curves, plots), if anywhere.
+        launch: in this process, or as torchrun ranks (not fingerprinted: the result does not depend on it).
     """
-    from patchrec.training import train_run
-
     tcfg = spec.train
     fp = fingerprint(stage, data.fingerprint, cat.fingerprint if cat else None, tcfg.model_dump(mode="json"),
                      model_identity(spec.model), spec.prompt.model_dump(mode="json"),
                      init.fingerprint if init else None, code_versions())
 
     def build(out: Path) -> StageOutput:
-        res = train_run(data.dir, out, spec, init_from=init.dir if init else None,
-                        catalog_file=cat.dir / CATALOG_FILE if cat else None)
+        job = TrainJob(data_dir=data.dir, out_dir=out, spec=spec, init_from=init.dir if init else None,
+                       catalog_file=cat.dir / CATALOG_FILE if cat else None)
+        res = run_job(job, launch)
         return res.model_copy(update={"info": {"init_from": str(init.dir) if init else None}})
 
     def log(rec: StageRecord) -> None:
@@ -149,18 +151,16 @@ def train_into(folder_of: FolderOf, stage: str, spec: RunSpec, data: StageRecord
 
 
 def evaluate_into(folder_of: FolderOf, ecfg: EvalConfig, data: StageRecord, run: StageRecord,
-                  cat: StageRecord | None = None, tracker: Tracker | None = None) -> StageRecord:
-    """Rank `ecfg.split` with a finished training stage (its layout and configs) through the stage contract."""
-    from patchrec.evaluation.split import evaluate_split
-    from patchrec.runtime import Runtime
-
+                  cat: StageRecord | None = None, tracker: Tracker | None = None,
+                  launch: LaunchConfig = LaunchConfig()) -> StageRecord:
+    """Rank `ecfg.split` with a finished training stage (its layout and configs) through the stage contract;
+    sharded over torchrun ranks when `launch` asks for several (the same ranks as one process)."""
     split = ecfg.split
     fp = fingerprint("eval", split, data.fingerprint, run.fingerprint, ecfg.model_dump(mode="json"), code_versions())
 
     def build(out: Path) -> StageOutput:
-        runtime = Runtime.of_run(data.dir, run.dir, catalog_file=cat.dir / CATALOG_FILE if cat else None)
-        res = evaluate_split(runtime, data.dir, out, ecfg)
-        return StageOutput(metrics=res["metrics"], info={"samples": res["samples"], "users_per_s": res["users_per_s"]})
+        return run_job(EvalJob(data_dir=data.dir, run_dir=run.dir, out_dir=out, eval=ecfg,
+                               catalog_file=cat.dir / CATALOG_FILE if cat else None), launch)
 
     def log(rec: StageRecord) -> None:
         res = read_json(rec.dir / "eval.json")
@@ -205,14 +205,16 @@ def train_model(cfg: PipelineConfig, which: str, data: StageRecord, cat: StageRe
     if tcfg is None:
         raise ValueError(f"profile {cfg.profile!r} has no {which} stage")
     spec = RunSpec(train=tcfg, model=cfg.model, prompt=cfg.prompt)
-    return train_into(lambda fp: cfg.runs_dir / f"{which}-{fp}", which, spec, data, cat, init, _tracker(cfg, parent))
+    return train_into(lambda fp: cfg.runs_dir / f"{which}-{fp}", which, spec, data, cat, init, _tracker(cfg, parent),
+                      cfg.launch)
 
 
 def evaluate_model(cfg: PipelineConfig, split: str, data: StageRecord, cat: StageRecord, run: StageRecord,
                    parent: str | None = None) -> StageRecord:
     """Rank the val or test sample of the pipeline config with the run's layout."""
     ecfg = {"val": cfg.val, "test": cfg.test}[split]
-    return evaluate_into(lambda fp: cfg.runs_dir / f"eval-{split}-{fp}", ecfg, data, run, cat, _tracker(cfg, parent))
+    return evaluate_into(lambda fp: cfg.runs_dir / f"eval-{split}-{fp}", ecfg, data, run, cat, _tracker(cfg, parent),
+                         cfg.launch)
 
 
 def run_baseline(cfg: PipelineConfig, kind: str, data: StageRecord, parent: str | None = None) -> StageRecord:

@@ -1,8 +1,8 @@
 """One training function for PPT, PFT-I, PFT-S and SFT: label-only logits, bf16 autocast, AdamW with a
 cosine schedule and warmup, gradient clipping and accumulation, atomic checkpoints and exact resume.
 
-The loop holds no module-level state and assumes nothing about being the only process; checkpoints
-and progress output go through `is_main` so a torchrun launcher can reuse it.
+The loop holds no module-level state: in a torchrun launch every rank runs it on its shard of each global
+micro-batch (`patchrec.distributed`), under DDP; rank 0 alone writes checkpoints, probes and progress output.
 """
 
 from __future__ import annotations
@@ -12,17 +12,19 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from patchrec.config import TrainConfig
 from patchrec.contract import StageOutput
 from patchrec.data.sequences import SequenceStore, sample_split
+from patchrec.distributed import SINGLE, Dist, zero_loss
 from patchrec.hardware import use_bf16
 from patchrec.io import atomic_path, write_json
 from patchrec.model import attach_trainable, load_trainable
@@ -31,8 +33,8 @@ from patchrec.prompts import PromptPieces
 from patchrec.runtime import Base, RunSpec, Runtime, read_items
 from patchrec.scoring import Layout, ScoringModel, catalog_loss, plan_windows, scoring_model, window_rows
 
-__all__ = ["GenerativeObjective", "Objective", "ScoringObjective", "StageResult", "batch_plan", "fit", "label_loss",
-           "latest_checkpoint", "load_init", "make_batch", "save_checkpoint", "train_run"]
+__all__ = ["GenerativeObjective", "Objective", "ScoringObjective", "StageResult", "Terms", "batch_plan", "fit",
+           "label_loss", "latest_checkpoint", "load_init", "make_batch", "save_checkpoint", "train_run"]
 
 
 @dataclass
@@ -93,13 +95,23 @@ def make_batch(store: SequenceStore, idx: np.ndarray, cfg: TrainConfig, catalog:
     return assemble(flat, offsets, tg, kinds, groups, catalog, pieces, embed), share
 
 
-def label_loss(model, batch: Batch) -> Tensor:
-    """Cross-entropy computed from logits at label positions only (not the full (B, S, V) logits)."""
+def label_loss(model, batch: Batch, reduction: str = "mean") -> Tensor:
+    """Cross-entropy (mean or sum over label tokens) from logits at label positions only (not the full
+    (B, S, V) logits)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).last_hidden_state
     b, t = torch.nonzero(batch.labels[:, 1:] != -100, as_tuple=True)  # predict token t+1 from position t
     logits = base.lm_head(hidden[b, t])  # (n_labels, V)
-    return torch.nn.functional.cross_entropy(logits.float(), batch.labels[b, t + 1])
+    return torch.nn.functional.cross_entropy(logits.float(), batch.labels[b, t + 1], reduction=reduction)
+
+
+class Terms(NamedTuple):
+    """The loss of one micro-batch (or one rank's shard of it)."""
+
+    total: Tensor  # the sum of its loss terms (label tokens or target positions)
+    terms: int  # how many terms the sum has
+    targets: int  # targets trained
+    share: float  # share of history items given as patches
 
 
 class Objective(Protocol):
@@ -113,8 +125,8 @@ class Objective(Protocol):
         """Recompute what follows the weights (patch tables) after loading or an optimizer step."""
         ...
 
-    def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> tuple[Tensor, int, float]:
-        """(mean loss, targets trained, share of history items given as patches) of one micro-batch."""
+    def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> Terms:
+        """The summed loss terms of a (non-empty) micro-batch or shard."""
         ...
 
 
@@ -136,11 +148,11 @@ class GenerativeObjective:
             with torch.no_grad():
                 cat.patches = item_patches(model.get_input_embeddings(), cat.title_ids, cat.title_len)
 
-    def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> tuple[Tensor, int, float]:
+    def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> Terms:
         p = progress if self.cfg.stage == "ppt" else 0.0  # the PPT curriculum: compress with probability p
         batch, share = make_batch(self.store, micro, self.cfg, self.catalog, self.pieces, model.get_input_embeddings(),
                                   p, generator)
-        return label_loss(model, batch), len(micro), share
+        return Terms(label_loss(model, batch, "sum"), int((batch.labels[:, 1:] != -100).sum()), len(micro), share)
 
 
 class ScoringObjective:
@@ -163,10 +175,24 @@ class ScoringObjective:
     def refresh(self, model) -> None:
         pass  # item patches stay those of the base embeddings; the learned correction carries the rest
 
-    def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> tuple[Tensor, int, float]:
+    def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> Terms:
         rows = window_rows(self.store, self.windows, micro, self.is_target, model.item_vectors(), model.start(),
                            self.layout)
-        return catalog_loss(model, rows, self.cfg.negatives, generator), len(rows.targets), rows.compressed
+        n = len(rows.targets)
+        return Terms(catalog_loss(model, rows, self.cfg.negatives, generator, "sum"), n, n, rows.compressed)
+
+
+class _Step(nn.Module):
+    """An objective's loss as a module's forward: what DDP wraps (its gradient hooks are armed by forward)."""
+
+    def __init__(self, model: nn.Module, objective: Objective):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, micro: np.ndarray, progress: float, generator: torch.Generator) -> Terms:
+        if len(micro) == 0:  # fewer samples than ranks: this rank still joins the gradient sync
+            return Terms(zero_loss([p for p in self.model.parameters() if p.requires_grad]), 0, 0, 0.0)
+        return self.objective.loss(self.model, micro, progress, generator)
 
 
 def _lr_factor(progress: float, warmup: float, step_share: float) -> float:
@@ -225,7 +251,7 @@ Probe = Callable[[Any], dict[str, float]]  # model -> validation metrics, for th
 
 
 def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps: int | None = None,
-        is_main: bool = True, progress: bool = True, probe: Probe | None = None) -> StageResult:
+        dist: Dist = SINGLE, progress: bool = True, probe: Probe | None = None) -> StageResult:
     """Train `model` (trainable weights attached) on `objective`; resumes from the newest checkpoint.
 
     The learning rate follows the run's progress: steps done / planned, or, with `cfg.max_seconds`, the
@@ -237,7 +263,8 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
         cfg: the stage's config.
         out_dir: the stage folder; checkpoints go to `out_dir/checkpoints`.
         max_steps: stop after this step (the schedule still assumes the whole run): simulates interruptions.
-        is_main: whether this process writes checkpoints and progress output.
+        dist: this process's rank in a torchrun launch: it trains its shard of every global micro-batch under
+            DDP (the same updates as one process); only rank 0 writes checkpoints, probes and progress output.
         progress: show a progress bar.
         probe: validation metrics of the current model, taken every `cfg.curve_every_s` training seconds and
             at the end (its time is not training time).
@@ -253,6 +280,8 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
+    engine = dist.wrap(_Step(model, objective))
+    is_main = dist.is_main
     start = 0
     # per-step records of the whole run; a checkpoint carries them so that a resumed run reports all steps
     run: dict[str, Any] = {"losses": [], "shares": [], "lrs": [], "speeds": [], "samples": 0, "seconds": 0.0,
@@ -301,18 +330,23 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
         optimizer.zero_grad(set_to_none=True)
         step_loss, step_shares, step_t0, step_n = 0.0, [], time.perf_counter(), n_samples
         lrs.append(base_lrs[0] * factor)
-        for micro in plan[step * cfg.grad_accum : (step + 1) * cfg.grad_accum]:
-            with autocast:
-                loss, n, share = objective.loss(model, micro, done_share, gen)
-                loss = loss / cfg.grad_accum
-            loss.backward()
-            step_loss += float(loss.detach())
-            step_shares.append(share)
-            n_samples += n
+        micros = plan[step * cfg.grad_accum : (step + 1) * cfg.grad_accum]
+        for i, micro in enumerate(micros):
+            last = i == len(micros) - 1
+            with nullcontext() if last or not hasattr(engine, "no_sync") else engine.no_sync():
+                with autocast:
+                    part = engine(dist.shard(micro), done_share, gen)
+                loss_sum, terms, targets, patched = dist.sum(float(part.total.detach()), part.terms, part.targets,
+                                                          part.share * part.targets)
+                # DDP averages gradients over ranks: scale so that the result is the global micro-batch's mean
+                (part.total * (dist.world / max(terms, 1) / cfg.grad_accum)).backward()
+            step_loss += loss_sum / max(terms, 1) / cfg.grad_accum
+            step_shares.append(patched / max(targets, 1))
+            n_samples += int(targets)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         objective.refresh(model)
-        seconds = time.perf_counter() - step_t0
+        seconds = dist.max(time.perf_counter() - step_t0)  # every rank stops a time budget at the same step
         elapsed += seconds
         losses.append(step_loss)
         shares.append(float(np.mean(step_shares)))
@@ -341,7 +375,7 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
 
 
 def train_run(data_dir: Path, out_dir: Path, spec: RunSpec, init_from: Path | None = None,
-              catalog_file: Path | None = None, progress: bool = True) -> StageOutput:
+              catalog_file: Path | None = None, progress: bool = True, dist: Dist = SINGLE) -> StageOutput:
     """A training stage's build: fit, then write `trainable.pt`, `tokenizer/` and `training.json` (curves).
 
     Args:
@@ -351,6 +385,7 @@ def train_run(data_dir: Path, out_dir: Path, spec: RunSpec, init_from: Path | No
         init_from: a folder with the `trainable.pt` to start from (a PPT run or a champion bundle).
         catalog_file: the catalog stage's table, to skip tokenizing the titles again.
         progress: show a progress bar.
+        dist: this process's rank in a torchrun launch (rank 0 writes the outputs).
 
     Returns:
         Totals for the manifest (final loss, steps, samples, samples/s).
@@ -369,13 +404,14 @@ def train_run(data_dir: Path, out_dir: Path, spec: RunSpec, init_from: Path | No
         objective = GenerativeObjective(store, base.catalog, base.pieces, cfg)
     if init_from is not None and latest_checkpoint(out_dir / "checkpoints") is None:
         load_init(model, Path(init_from) / "trainable.pt")
-    probe = _val_probe(items, spec, base, model, data_dir) if cfg.curve_every_s else None
-    result = fit(model, objective, cfg, out_dir, progress=progress, probe=probe)
-    final = out_dir / BEST if cfg.keep_best else latest_checkpoint(out_dir / "checkpoints") / "trainable.pt"
-    with atomic_path(out_dir / "trainable.pt") as tmp:
-        shutil.copyfile(final, tmp)
-    base.tok.save_pretrained(out_dir / "tokenizer")
-    write_json(result.to_dict(), out_dir / "training.json")
+    probe = _val_probe(items, spec, base, model, data_dir) if cfg.curve_every_s and dist.is_main else None
+    result = fit(model, objective, cfg, out_dir, dist=dist, progress=progress, probe=probe)
+    if dist.is_main:
+        final = out_dir / BEST if cfg.keep_best else latest_checkpoint(out_dir / "checkpoints") / "trainable.pt"
+        with atomic_path(out_dir / "trainable.pt") as tmp:
+            shutil.copyfile(final, tmp)
+        base.tok.save_pretrained(out_dir / "tokenizer")
+        write_json(result.to_dict(), out_dir / "training.json")
     metrics = {"final_loss": result.final_loss, "steps": float(result.steps), "samples": float(result.samples),
                "samples_per_s": result.samples_per_s, "train_seconds": result.seconds}
     if result.best:

@@ -46,14 +46,14 @@ def catalog_task(cfg: PipelineConfig, data: StageRecord, parent: str | None) -> 
     return stages.build_catalog(cfg, data, parent)
 
 
-@task(name="train", task_run_name="train-{which}", cache_policy=NO_CACHE)
+@task(name="train", task_run_name="train-{which}", cache_policy=NO_CACHE, log_prints=True)
 def train_task(cfg: PipelineConfig, which: str, data: StageRecord, cat: StageRecord, init: StageRecord | None,
                parent: str | None) -> StageRecord:
     """PPT (`which="ppt"`) or PFT-I / PFT-S / SFT (`"pft"`), from `init` (a PPT run or a champion) when given."""
     return stages.train_model(cfg, which, data, cat, init, parent)
 
 
-@task(name="evaluate", task_run_name="evaluate-{split}", cache_policy=NO_CACHE)
+@task(name="evaluate", task_run_name="evaluate-{split}", cache_policy=NO_CACHE, log_prints=True)
 def evaluate_task(cfg: PipelineConfig, split: str, data: StageRecord, cat: StageRecord, run: StageRecord,
                   parent: str | None) -> StageRecord:
     """Rank the validation or test sample with the run's layout."""

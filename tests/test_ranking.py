@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from patchrec.evaluation.beam import rank_one
+from patchrec.evaluation.beam import rank_batch, rank_one
 from patchrec.evaluation.trie import TitleTrie
 from patchrec.model import add_prompt_tokens, build_tiny
 from patchrec.patching import CatalogTable, assemble, item_patches, layout_kinds
@@ -75,3 +75,30 @@ def test_ranking_matches_exhaustive_scoring_with_enough_beams():
     expected = sorted(best, key=lambda i: (-round(best[i], 5), i))
     assert r.items == expected
     torch.testing.assert_close(torch.tensor(r.scores), torch.tensor([best[i] for i in expected]), atol=1e-4, rtol=0)
+
+
+def test_a_batch_of_users_ranks_as_each_user_alone():
+    """Left-padded prompts of different lengths, pruning beams (3 < titles), users finishing at different steps."""
+    model, pieces, catalog, trie = _setup()
+    prompts = [_prompt(model, pieces, catalog, h) for h in ([2, 4, 6], [1], [0, 5, 7, 3, 2], [6, 6])]
+    together = rank_batch(model, prompts, trie, num_beams=3, top_k=5)
+    for prompt, got in zip(prompts, together, strict=True):
+        alone = rank_one(model, prompt, trie, num_beams=3, top_k=5)
+        assert got.items == alone.items and got.prompt_tokens == prompt.shape[1]
+        torch.testing.assert_close(torch.tensor(got.scores), torch.tensor(alone.scores), atol=1e-5, rtol=0)
+
+
+def test_batched_exhaustive_beams_score_every_title_by_its_likelihood():
+    model, pieces, catalog, trie = _setup()
+    prompts = [_prompt(model, pieces, catalog, h) for h in ([0, 5], [3, 1, 4, 1, 5])]
+    for prompt, got in zip(prompts, rank_batch(model, prompts, trie, num_beams=64, top_k=8), strict=True):
+        best = {}
+        for i in range(len(TITLES)):
+            ids = catalog.title_ids[i, : catalog.title_len[i]].tolist() + pieces.end
+            emb = torch.cat([prompt, model.get_input_embeddings()(torch.tensor([ids]))], 1)
+            with torch.no_grad():
+                logp = torch.log_softmax(model(inputs_embeds=emb).logits[0, prompt.shape[1] - 1 : -1], -1)
+            best[i] = float(logp[torch.arange(len(ids)), torch.tensor(ids)].sum()) / len(ids)
+        torch.testing.assert_close(torch.tensor(got.scores), torch.tensor([best[i] for i in got.items]), atol=1e-4,
+                                   rtol=0)
+        assert sorted(got.items) == list(range(len(TITLES)))

@@ -11,6 +11,7 @@ import pandas as pd
 
 from patchrec.config import EvalConfig
 from patchrec.data.sequences import SequenceStore, sample_split
+from patchrec.distributed import SINGLE, Dist
 from patchrec.evaluation.metrics import (
     by_history_length,
     first_ranks,
@@ -25,35 +26,42 @@ __all__ = ["evaluate_split"]
 
 
 def evaluate_split(runtime: Runtime, data_dir: Path, out_dir: Path, ecfg: EvalConfig,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, dist: Dist = SINGLE) -> dict[str, Any]:
     """Rank `ecfg.split` with the run's layout and head; write eval.json and ranks.parquet into `out_dir`.
+
+    Under torchrun the ranker's batches of users are dealt out to the ranks in contiguous runs (each batch is
+    exactly the batch one process would rank, so the merged ranks are those of one process); rank 0 merges
+    them and writes the files.
 
     Returns:
         The eval.json object: split, samples, layout, users_per_s, prompt_tokens_mean, metrics (exact item
         id, plain and history-masked, plus the release's lenient title match) and by_history_length.
     """
     ranker = runtime.ranker(num_beams=ecfg.num_beams, length_penalty=ecfg.length_penalty, bf16=ecfg.bf16,
-                            mask_history=ecfg.mask_history)
+                            mask_history=ecfg.mask_history, batch_size=ecfg.batch_size)
     store = SequenceStore(data_dir, max_history=runtime.max_history)
     idx = sample_split(store, ecfg.split, ecfg.max_samples, ecfg.seed)
     hists, targets = zip(*(store.sample(int(i)) for i in idx)) if len(idx) else ((), ())
-    ranked, tokens = [], []
+    chunk = getattr(ranker, "batch_size", 1)  # users per call: a batch for the scoring head, one for beam search
+    mine = dist.shard(np.arange(0, len(idx), chunk))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(idx), desc=f"rank {ecfg.split}", unit="user")
+        bar = tqdm(total=sum(len(hists[s : s + chunk]) for s in mine), desc=f"rank {ecfg.split}", unit="user")
     t0 = time.perf_counter()
-    chunk = getattr(ranker, "batch_size", 1)  # users per call: a batch for the scoring head, one for beam search
-    for s in range(0, len(idx), chunk):
+    part: list[tuple[list[int], int]] = []
+    for s in mine:
         got = ranker.rank_many(list(hists[s : s + chunk]), ecfg.top_k)
-        ranked += [r.items for r in got]
-        tokens += [r.prompt_tokens for r in got]
+        part += [(r.items, r.prompt_tokens) for r in got]
         if bar is not None:
             bar.update(len(got))
     if bar is not None:
         bar.close()
-    seconds = time.perf_counter() - t0
+    parts = dist.gather((part, time.perf_counter() - t0))
+    seconds = max(sec for _, sec in parts)
+    merged = [p for shard, _ in parts for p in shard]  # rank order = sample order
+    ranked, tokens = [m[0] for m in merged], [m[1] for m in merged]
     users = store.sample_user[idx].astype(np.int64)
     hist_len = np.array([len(h) for h in hists], dtype=np.int64)
     ranks = first_ranks(ranked, targets)
@@ -67,6 +75,8 @@ def evaluate_split(runtime: Runtime, data_dir: Path, out_dir: Path, ecfg: EvalCo
               "users_per_s": len(idx) / seconds if seconds else 0.0,
               "prompt_tokens_mean": float(np.mean(tokens)) if tokens else 0.0, "metrics": metrics,
               "by_history_length": by_history_length(ranks, hist_len)}
+    if not dist.is_main:
+        return result
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "ranks.parquet") as tmp:
         pd.DataFrame({"sample": idx, "user_idx": users, "target": targets, "rank": ranks, "history_len": hist_len,

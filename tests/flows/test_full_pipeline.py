@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow  # whole pipelines with MLflow
 
@@ -158,3 +161,24 @@ def test_scoring_head_through_the_whole_lifecycle(prefect_server, tmp_path):
     assert len(everything.item_keys[0]) == n_items  # exact ranking over the whole catalog, by item id
     again = full_pipeline("tiny-scoring", state_dir=str(tmp_path))
     assert all(again["reused"].values()) and not again["registry"]["registered"]
+
+
+def test_training_and_evaluation_through_torchrun_from_the_flow(prefect_server, tmp_path):
+    """`launch.nproc_per_node: 2`: the train and eval tasks run 2 gloo ranks under torchrun and the pipeline
+    finishes as with one process (launch settings are not fingerprinted: same stage folders)."""
+    from flows.pipeline import full_pipeline_flow as full_pipeline
+    from patchrec.io import read_json
+
+    overrides = {"launch.nproc_per_node": 2, "pft.bf16": False, "test.bf16": False, "val.bf16": False}
+    two = full_pipeline("tiny-scoring", overrides, state_dir=str(tmp_path / "two"))
+    run = Path(two["run_dir"])
+    assert read_json(run / ".launch" / "job.json")["kind"] == "train"
+    assert read_json(run / ".launch" / "rank0_output.json")["metrics"]["steps"] > 0
+    assert two["registry"]["registered"]
+    one = full_pipeline("tiny-scoring", {k: v for k, v in overrides.items() if k != "launch.nproc_per_node"},
+                        state_dir=str(tmp_path / "one"))
+    assert Path(one["run_dir"]).name == run.name and not (Path(one["run_dir"]) / ".launch").exists()
+    a = torch.load(Path(one["run_dir"]) / "trainable.pt", weights_only=True)
+    b = torch.load(run / "trainable.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)

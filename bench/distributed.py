@@ -1,0 +1,83 @@
+"""Training throughput under torchrun: the same training stage (same global batches, same steps) with world
+size 1 (this process, every core) and world size 2 (two gloo ranks, torchrun's default of one thread each),
+measured in the same run. Prints JSON; writes bench/results/distributed-<device>.json.
+
+    python -m bench.distributed                      # SmolLM2-135M, scoring head and PFT-S(5), 2 CPU cores
+    python -m bench.distributed --base tiny --steps 4
+
+`samples_per_s` is the training loop's own rate (targets trained per second of steps, as the stage reports
+it); `wall_s` adds process start, model loading and the launch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.core import PAPER, REPO, _prepared
+
+HEADS = {  # name: TrainConfig fields
+    "scoring (item patches)": dict(stage="pft", layout="item", head="scoring", context=30, stride=70, lr=1e-3,
+                                   lora_dropout=0.0),
+    "generative PFT-S(5)": dict(stage="pft", layout="session", group=5, max_history=100, lora_dropout=0.0),
+}
+
+
+def measure(data: Path, work: Path, base: str, steps: int, batch: int, worlds: tuple[int, ...]) -> dict:
+    from patchrec.config import LaunchConfig, ModelConfig, TrainConfig
+    from patchrec.launch import TrainJob, run_job
+    from patchrec.runtime import RunSpec
+
+    model = ModelConfig(base=base, cache_dir=REPO / ".state" / "models")
+    out: dict = {}
+    for name, fields in HEADS.items():
+        train = TrainConfig(**fields, batch_size=batch, max_samples=steps * batch, checkpoint_every=10_000)
+        spec = RunSpec(train=train, model=model)
+        for world in worlds:
+            folder = work / f"{name.split()[0]}-w{world}"
+            shutil.rmtree(folder, ignore_errors=True)
+            t0 = time.perf_counter()
+            res = run_job(TrainJob(data_dir=data, out_dir=folder, spec=spec), LaunchConfig(nproc_per_node=world),
+                          echo=lambda line: None)
+            out.setdefault(name, {})[f"world_{world}"] = {
+                "samples_per_s": res.metrics["samples_per_s"], "steps": res.metrics["steps"],
+                "samples": res.metrics["samples"], "final_loss": res.metrics["final_loss"],
+                "wall_s": time.perf_counter() - t0}
+        runs = out[name]
+        first, last = runs[f"world_{worlds[0]}"], runs[f"world_{worlds[-1]}"]
+        runs["speedup"] = last["samples_per_s"] / first["samples_per_s"]
+        runs["same_samples"] = first["samples"] == last["samples"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base", default="smollm2")
+    p.add_argument("--steps", type=int, default=6, help="optimizer steps per run")
+    p.add_argument("--batch", type=int, default=8, help="global micro-batch (windows or samples)")
+    p.add_argument("--paper", type=Path, default=PAPER)
+    p.add_argument("--work", type=Path, default=REPO / ".state" / "bench")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    data = _prepared("ml-100k", args.work, args.paper)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    report = {"benchmark": "distributed", "command": "python -m bench.distributed " + " ".join(argv or sys.argv[1:]),
+              "machine": {"platform": platform.platform(), "device": device, "threads": torch.get_num_threads()},
+              "date": time.strftime("%Y-%m-%d"), "base": args.base, "global_batch": args.batch, "steps": args.steps,
+              "heads": measure(data, args.work / "distributed", args.base, args.steps, args.batch, (1, 2))}
+    out = args.out or REPO / "bench" / "results" / f"distributed-{'gpu' if device != 'cpu' else 'cpu'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
