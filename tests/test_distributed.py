@@ -92,6 +92,34 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes(data, tmp_path):  # noqa
     assert one.metrics["steps"] == len(pd.read_json(out / "training.json", typ="series")["losses"])
 
 
+def test_a_two_rank_run_killed_whole_resumes_in_one_process(data, tmp_path):  # noqa: F811
+    """Checkpoints hold full (unsharded) state: a run may resume at another world size."""
+    spec = _spec(epochs=6, checkpoint_every=1)
+    out = tmp_path / "run"
+
+    def kill_the_launch_after_a_checkpoint() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            ck = latest_checkpoint(out / "checkpoints")
+            if ck is not None and int(ck.name.split("_")[1]) >= 3:
+                for p in psutil.process_iter(["cmdline"]):
+                    if "torch.distributed.run" in (p.info["cmdline"] or []):
+                        for q in [*p.children(recursive=True), p]:
+                            q.kill()
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_launch_after_a_checkpoint)
+    killer.start()
+    with pytest.raises(LaunchError):
+        run_job(TrainJob(data_dir=data, out_dir=out, spec=spec), TWO)
+    killer.join()
+    assert not (out / "trainable.pt").exists() and latest_checkpoint(out / "checkpoints") is not None
+    run_job(TrainJob(data_dir=data, out_dir=out, spec=spec))  # world size 1 picks up the 2-rank checkpoint
+    run_job(TrainJob(data_dir=data, out_dir=tmp_path / "one", spec=spec))
+    _assert_same(_weights(tmp_path / "one"), _weights(out))
+
+
 def test_a_failing_rank_fails_the_stage_with_its_error(data, tmp_path):  # noqa: F811
     job = TrainJob(data_dir=data, out_dir=tmp_path / "bad", spec=_spec(), init_from=tmp_path / "missing")
     with pytest.raises(LaunchError, match=r"rank \d failed: .*missing"):
