@@ -60,11 +60,8 @@ def test_ranking_returns_every_catalog_item_once():
     assert heat == [2, 3] and r.items.index(3) == r.items.index(2) + 1  # shared title: index order
 
 
-def test_ranking_matches_exhaustive_scoring_with_enough_beams():
-    model, pieces, catalog, trie = _setup()
-    prompt = _prompt(model, pieces, catalog, [0, 5])
-    r = rank_one(model, prompt, trie, num_beams=64, top_k=8)
-    # exhaustive: score every distinct title with a full forward pass
+def _title_likelihoods(model, pieces, catalog, prompt) -> dict[int, float]:
+    """Exhaustive reference: every title's log-likelihood after `prompt` / its length, by a full forward pass."""
     best = {}
     for i in range(len(TITLES)):
         ids = catalog.title_ids[i, : catalog.title_len[i]].tolist() + pieces.end
@@ -72,6 +69,14 @@ def test_ranking_matches_exhaustive_scoring_with_enough_beams():
         with torch.no_grad():
             logp = torch.log_softmax(model(inputs_embeds=emb).logits[0, prompt.shape[1] - 1 : -1], -1)
         best[i] = float(logp[torch.arange(len(ids)), torch.tensor(ids)].sum()) / len(ids)
+    return best
+
+
+def test_ranking_matches_exhaustive_scoring_with_enough_beams():
+    model, pieces, catalog, trie = _setup()
+    prompt = _prompt(model, pieces, catalog, [0, 5])
+    r = rank_one(model, prompt, trie, num_beams=64, top_k=8)
+    best = _title_likelihoods(model, pieces, catalog, prompt)
     expected = sorted(best, key=lambda i: (-round(best[i], 5), i))
     assert r.items == expected
     torch.testing.assert_close(torch.tensor(r.scores), torch.tensor([best[i] for i in expected]), atol=1e-4, rtol=0)
@@ -92,13 +97,7 @@ def test_batched_exhaustive_beams_score_every_title_by_its_likelihood():
     model, pieces, catalog, trie = _setup()
     prompts = [_prompt(model, pieces, catalog, h) for h in ([0, 5], [3, 1, 4, 1, 5])]
     for prompt, got in zip(prompts, rank_batch(model, prompts, trie, num_beams=64, top_k=8), strict=True):
-        best = {}
-        for i in range(len(TITLES)):
-            ids = catalog.title_ids[i, : catalog.title_len[i]].tolist() + pieces.end
-            emb = torch.cat([prompt, model.get_input_embeddings()(torch.tensor([ids]))], 1)
-            with torch.no_grad():
-                logp = torch.log_softmax(model(inputs_embeds=emb).logits[0, prompt.shape[1] - 1 : -1], -1)
-            best[i] = float(logp[torch.arange(len(ids)), torch.tensor(ids)].sum()) / len(ids)
+        best = _title_likelihoods(model, pieces, catalog, prompt)
         torch.testing.assert_close(torch.tensor(got.scores), torch.tensor([best[i] for i in got.items]), atol=1e-4,
                                    rtol=0)
         assert sorted(got.items) == list(range(len(TITLES)))
