@@ -1,6 +1,6 @@
 """Training throughput under torchrun: the same training stage (same global batches, same steps) with world
-size 1 (this process, every core) and world size 2 (two gloo ranks, torchrun's default of one thread each),
-measured in the same run. Prints JSON; writes bench/results/distributed-<device>.json.
+size 1 (this process, every core), world size 2 (two gloo ranks, torchrun's default of one thread each) under
+DDP and under FSDP, measured in the same run. Prints JSON; writes bench/results/distributed-<device>.json.
 
     python -m bench.distributed                      # SmolLM2-135M, scoring head and PFT-S(5), 2 CPU cores
     python -m bench.distributed --base tiny --steps 4
@@ -30,7 +30,10 @@ HEADS = {  # name: TrainConfig fields
 }
 
 
-def measure(data: Path, work: Path, base: str, steps: int, batch: int, worlds: tuple[int, ...]) -> dict:
+LAUNCHES = {"world_1": (1, "ddp"), "world_2": (2, "ddp"), "world_2_fsdp": (2, "fsdp")}  # name: (ranks, sharding)
+
+
+def measure(data: Path, work: Path, base: str, steps: int, batch: int) -> dict:
     from patchrec.config import LaunchConfig, ModelConfig, TrainConfig
     from patchrec.launch import TrainJob, run_job
     from patchrec.runtime import RunSpec
@@ -40,20 +43,22 @@ def measure(data: Path, work: Path, base: str, steps: int, batch: int, worlds: t
     for name, fields in HEADS.items():
         train = TrainConfig(**fields, batch_size=batch, max_samples=steps * batch, checkpoint_every=10_000)
         spec = RunSpec(train=train, model=model)
-        for world in worlds:
-            folder = work / f"{name.split()[0]}-w{world}"
+        for launch, (world, sharding) in LAUNCHES.items():
+            folder = work / f"{name.split()[0]}-{launch}"
             shutil.rmtree(folder, ignore_errors=True)
             t0 = time.perf_counter()
-            res = run_job(TrainJob(data_dir=data, out_dir=folder, spec=spec), LaunchConfig(nproc_per_node=world),
-                          echo=lambda line: None)
-            out.setdefault(name, {})[f"world_{world}"] = {
+            res = run_job(TrainJob(data_dir=data, out_dir=folder, spec=spec),
+                          LaunchConfig(nproc_per_node=world, sharding=sharding), echo=lambda line: None)
+            out.setdefault(name, {})[launch] = {
                 "samples_per_s": res.metrics["samples_per_s"], "steps": res.metrics["steps"],
                 "samples": res.metrics["samples"], "final_loss": res.metrics["final_loss"],
                 "wall_s": time.perf_counter() - t0}
         runs = out[name]
-        first, last = runs[f"world_{worlds[0]}"], runs[f"world_{worlds[-1]}"]
-        runs["speedup"] = last["samples_per_s"] / first["samples_per_s"]
-        runs["same_samples"] = first["samples"] == last["samples"]
+        one = runs["world_1"]
+        for launch in LAUNCHES:
+            if launch != "world_1":
+                runs[f"speedup_{launch}"] = runs[launch]["samples_per_s"] / one["samples_per_s"]
+        runs["same_samples"] = all(runs[launch]["samples"] == one["samples"] for launch in LAUNCHES)
     return out
 
 
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"benchmark": "distributed", "command": "python -m bench.distributed " + " ".join(argv or sys.argv[1:]),
               "machine": {"platform": platform.platform(), "device": device, "threads": torch.get_num_threads()},
               "date": time.strftime("%Y-%m-%d"), "base": args.base, "global_batch": args.batch, "steps": args.steps,
-              "heads": measure(data, args.work / "distributed", args.base, args.steps, args.batch, (1, 2))}
+              "heads": measure(data, args.work / "distributed", args.base, args.steps, args.batch)}
     out = args.out or REPO / "bench" / "results" / f"distributed-{'gpu' if device != 'cpu' else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

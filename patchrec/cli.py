@@ -62,11 +62,12 @@ def _model_config(args: argparse.Namespace) -> Any:
 def _launch(args: argparse.Namespace) -> Any:
     from patchrec.config import LaunchConfig
 
-    return LaunchConfig(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint)
+    return LaunchConfig(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint,
+                        sharding=getattr(args, "sharding", "ddp"))
 
 
 def _add_launch(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nproc-per-node", type=int, default=1, help="torchrun ranks per node (DDP; default 1: "
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="torchrun ranks per node (default 1: "
                         "this process)")
     parser.add_argument("--nnodes", type=int, default=1)
     parser.add_argument("--rdzv-endpoint", help="host:port of the rendezvous when nnodes > 1")
@@ -295,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
         tr.add_argument(f"--{name}", type=typ)
     tr.add_argument("--finetune", choices=["lora", "full"])
     _add_launch(tr)
+    tr.add_argument("--sharding", choices=["ddp", "fsdp"], default="ddp",
+                    help="with several ranks: whole model per rank (ddp) or sharded weights and optimizer (fsdp)")
     tr.set_defaults(func=_cmd_train)
 
     ev = top.add_parser("evaluate", help="rank a split with the run's head and report HR/NDCG")

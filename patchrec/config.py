@@ -193,9 +193,9 @@ class TrainConfig(_Frozen):
 
 
 class LaunchConfig(_Frozen):
-    """Where a training or evaluation stage runs: in this process, or as `torchrun` ranks (DDP; gloo on CPUs,
-    nccl on GPUs). Not part of any fingerprint: the same global batches give the same result at any world size,
-    so a run may resume with another one."""
+    """Where a training or evaluation stage runs: in this process, or as `torchrun` ranks (DDP or FSDP; gloo on
+    CPUs, nccl on GPUs). Not part of any fingerprint: the same global batches give the same result at any world
+    size, so a run may resume with another one."""
 
     nproc_per_node: int = Field(1, ge=1, description="ranks per node (1 and nnodes 1: no torchrun)")
     nnodes: int = Field(1, ge=1)
@@ -203,6 +203,9 @@ class LaunchConfig(_Frozen):
                                       description="host:port of the c10d rendezvous (needed when nnodes > 1)")
     max_restarts: int = Field(0, ge=0, description="times torchrun restarts every rank after one fails; the "
                               "ranks resume from the newest checkpoint")
+    sharding: Literal["ddp", "fsdp"] = Field("ddp", description="training ranks hold the whole model (ddp) or "
+                                             "a shard of its weights, gradients and optimizer state (fsdp: for "
+                                             "bases that do not fit one device); evaluation ranks hold it whole")
 
     @property
     def world(self) -> int:
@@ -232,7 +235,7 @@ class EvalConfig(_Frozen):
     length_penalty: float = 1.0
     mask_history: bool = Field(False, description="scoring head: never rank an item of the history")
     batch_size: int | None = Field(None, ge=1, description="users ranked together (default: 64 for the scoring "
-                                   "head, 8 for the generative head's beam search)")
+                                   "head, 32 for the generative head's beam search)")
     bf16: bool | Literal["auto"] = "auto"
     seed: int = 0
 

@@ -1,22 +1,27 @@
-"""The process group a stage runs in: one process, or one rank of a `torchrun` launch (DDP).
+"""The process group a stage runs in: one process, or one rank of a `torchrun` launch (DDP or FSDP).
 
 Every rank holds the same deterministic batch plan; a global micro-batch is split into contiguous shards, one
 per rank, and each rank's loss is scaled so that the synchronised gradient equals the single-process gradient
-of the whole micro-batch (same global batch, same order, whatever the world size).
+of the whole micro-batch (same global batch, same order, whatever the world size). Under DDP every rank holds
+the whole model; under FSDP (full sharding, `torch.distributed.fsdp.fully_shard`) each transformer block and
+the rest of the model are sharded over the ranks and gathered only while they compute.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
-__all__ = ["SINGLE", "Dist", "init_from_env", "zero_loss"]
+__all__ = ["SINGLE", "Dist", "full_tensor", "init_from_env"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    sharding: Literal["ddp", "fsdp"] = "ddp"
 
     @property
     def is_main(self) -> bool:
@@ -34,6 +40,11 @@ class Dist:
     @property
     def active(self) -> bool:
         return self.world > 1
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters, gradients and optimizer state are sharded over the ranks (FSDP)."""
+        return self.active and self.sharding == "fsdp"
 
     def device(self) -> torch.device:
         """The rank's device: its local GPU under nccl, else the CPU."""
@@ -74,23 +85,71 @@ class Dist:
             tdist.barrier()
 
     def wrap(self, module: nn.Module) -> nn.Module:
-        """`module` under DDP (gradients averaged over ranks during backward); unchanged in a single process.
-        Buffers are not broadcast at every forward: they are the same on every rank (fixed item patches)."""
+        """`module` under DDP (gradients averaged over ranks during backward) or FSDP (every transformer block a
+        unit of its own, the rest in the root unit: tied embeddings stay together); unchanged in a single process.
+        DDP does not broadcast buffers at every forward: they are the same on every rank (fixed item patches).
+        Under FSDP the module's parameters become sharded DTensors: build the optimizer after wrapping."""
         if not self.active:
             return module
+        if self.sharded:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh(self.device().type, (self.world,))
+            for name, block in module.named_modules():
+                if _BLOCK.search(name):
+                    fully_shard(block, mesh=mesh)
+            return fully_shard(module, mesh=mesh)
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.local_rank] if self.device().type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+
+    @contextmanager
+    def gradient_sync(self, engine: nn.Module, sync: bool) -> Iterator[None]:
+        """Synchronise gradients in this backward (`sync`) or only accumulate them locally (DDP `no_sync`, FSDP
+        `set_requires_gradient_sync`): the last micro-batch of a step synchronises the sum."""
+        if sync or not self.active:
+            yield
+        elif self.sharded:
+            engine.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                engine.set_requires_gradient_sync(True)
+        else:
+            with engine.no_sync():
+                yield
+
+    @contextmanager
+    def gathered(self, engine: nn.Module) -> Iterator[None]:
+        """The root unit's parameters (embeddings, item corrections) whole outside a forward pass, on every rank
+        (FSDP: all ranks must enter together); a no-op unless sharded. Transformer blocks gather themselves."""
+        if not self.sharded:
+            yield
+            return
+        engine.unshard()
+        try:
+            yield
+        finally:
+            engine.reshard()
 
     def _comm_device(self) -> torch.device:
         return self.device() if tdist.get_backend() == "nccl" else torch.device("cpu")
 
 
 SINGLE = Dist()
+_BLOCK = re.compile(r"(^|\.)(layers|h|blocks)\.\d+$")  # the transformer blocks of HF decoder models
 
 
-def init_from_env() -> Dist:
+def full_tensor(t: Tensor) -> Tensor:
+    """A whole tensor from a sharded DTensor (a collective: every rank calls it), else `t`."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def init_from_env(sharding: Literal["ddp", "fsdp"] = "ddp") -> Dist:
     """The group `torchrun` describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK), joined with nccl on
     GPUs and gloo on CPUs; a single process when WORLD_SIZE is unset or 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -102,9 +161,4 @@ def init_from_env() -> Dist:
         torch.cuda.set_device(local)
     if not tdist.is_initialized():
         tdist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(rank=rank, world=world, local_rank=local)
-
-
-def zero_loss(params: list[Tensor]) -> Tensor:
-    """A loss of 0 that touches every parameter: a rank with an empty shard still joins the gradient sync."""
-    return sum((p.sum() * 0.0 for p in params), torch.zeros((), device=params[0].device))
+    return Dist(rank=rank, world=world, local_rank=local, sharding=sharding)

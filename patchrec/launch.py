@@ -44,6 +44,7 @@ class TrainJob(BaseModel):
     spec: RunSpec
     init_from: Path | None = None
     catalog_file: Path | None = None
+    sharding: Literal["ddp", "fsdp"] = "ddp"
 
 
 class EvalJob(BaseModel):
@@ -80,6 +81,8 @@ def run_job(job: TrainJob | EvalJob, launch: LaunchConfig = LaunchConfig(),
     """Run `job` here (world size 1) or as `launch.world` torchrun ranks; return rank 0's output."""
     if launch.world == 1:
         return execute(job)
+    if isinstance(job, TrainJob):
+        job = job.model_copy(update={"sharding": launch.sharding})
     folder = Path(job.out_dir) / ".launch"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RESULT).unlink(missing_ok=True)  # from an earlier, interrupted launch
@@ -130,7 +133,7 @@ def _worker(argv: list[str]) -> None:
     @record
     def main() -> None:
         job = TypeAdapter(Job).validate_python(read_json(Path(argv[0])))
-        dist = init_from_env()
+        dist = init_from_env(job.sharding if isinstance(job, TrainJob) else "ddp")
         try:
             out = execute(job, dist)
             if dist.is_main:

@@ -173,10 +173,10 @@ class Runtime:
     def ranker(self, num_beams: int = 20, length_penalty: float = 1.0, bf16: bool | Literal["auto"] = "auto",
                mask_history: bool = False, batch_size: int | None = None) -> Ranker:
         """The run's ranking head (beam settings apply to the generative head, `mask_history` to scoring);
-        `batch_size`: users ranked together (default 64 for scoring, 8 for beam search)."""
+        `batch_size`: users ranked together (default 64 for scoring, 32 for beam search)."""
         if self.spec.train.head == "scoring":
             return ScoringRanker(self, bf16, mask_history, batch_size or 64)
-        return GenerativeRanker(self, num_beams, length_penalty, bf16, batch_size or 8)
+        return GenerativeRanker(self, num_beams, length_penalty, bf16, batch_size or 32)
 
 
 class GenerativeRanker:
@@ -184,7 +184,7 @@ class GenerativeRanker:
     prefill per user, every user's beams in each forward step)."""
 
     def __init__(self, runtime: Runtime, num_beams: int = 20, length_penalty: float = 1.0,
-                 bf16: bool | Literal["auto"] = "auto", batch_size: int = 8):
+                 bf16: bool | Literal["auto"] = "auto", batch_size: int = 32):
         self.runtime, self.num_beams, self.length_penalty, self.bf16 = runtime, num_beams, length_penalty, bf16
         self.batch_size = batch_size
         cat = runtime.base.catalog

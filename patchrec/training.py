@@ -12,7 +12,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 from patchrec.config import TrainConfig
 from patchrec.contract import StageOutput
 from patchrec.data.sequences import SequenceStore, sample_split
-from patchrec.distributed import SINGLE, Dist, zero_loss
+from patchrec.distributed import SINGLE, Dist, full_tensor
 from patchrec.hardware import use_bf16
 from patchrec.io import atomic_path, write_json
 from patchrec.model import attach_trainable, load_trainable
@@ -183,16 +182,18 @@ class ScoringObjective:
 
 
 class _Step(nn.Module):
-    """An objective's loss as a module's forward: what DDP wraps (its gradient hooks are armed by forward)."""
+    """An objective's loss as a module's forward: what DDP and FSDP wrap (their hooks are armed by forward)."""
 
     def __init__(self, model: nn.Module, objective: Objective):
         super().__init__()
         self.model, self.objective = model, objective
 
-    def forward(self, micro: np.ndarray, progress: float, generator: torch.Generator) -> Terms:
-        if len(micro) == 0:  # fewer samples than ranks: this rank still joins the gradient sync
-            return Terms(zero_loss([p for p in self.model.parameters() if p.requires_grad]), 0, 0, 0.0)
-        return self.objective.loss(self.model, micro, progress, generator)
+    def forward(self, micro: np.ndarray, progress: float, generator: torch.Generator, stand_in: bool = False) -> Terms:
+        """The loss of `micro`; with `stand_in`, a rank whose shard is empty (fewer samples than ranks) runs
+        `micro` (one sample of the batch) for a loss of zero: every module still runs forward and backward, so
+        DDP's gradient sync and FSDP's per-block gathers and reduce-scatters match the other ranks'."""
+        terms = self.objective.loss(self.model, micro, progress, generator)
+        return Terms(terms.total * 0.0, 0, 0, 0.0) if stand_in else terms
 
 
 def _lr_factor(progress: float, warmup: float, step_share: float) -> float:
@@ -203,26 +204,72 @@ def _lr_factor(progress: float, warmup: float, step_share: float) -> float:
 
 
 def _trainable(model) -> dict[str, Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """Whole copies of the trainable weights (gathered from their shards under FSDP: every rank calls it)."""
+    return {n: full_tensor(p.detach()).clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, extra: dict, keep: int = 2) -> None:
+SHARDED = "optimizer"  # under FSDP: the optimizer state as a torch.distributed.checkpoint folder, one file a rank
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, extra: dict, keep: int = 2, dist: Dist = SINGLE) -> None:
     """Weights/adapter, optimizer, RNG and data position, written to a temp dir then renamed.
 
     The temp folder's rename is what makes a checkpoint exist; only the newest `keep` are kept, and the
-    new one is in place before any older one is removed.
+    new one is in place before any older one is removed. Under FSDP every rank calls it: the trainable weights
+    are gathered whole into `trainable.pt` (what a run's output and an evaluation need) and the sharded optimizer
+    state is saved by every rank into `optimizer/` (`torch.distributed.checkpoint`, loadable at any world size).
     """
     tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(_trainable(model), tmp / "trainable.pt")
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "torch_rng": torch.get_rng_state(), **extra},
-               tmp / "state.pt")
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    done = sorted(_checkpoints(path.parent), key=lambda p: int(p.name.split("_")[1]), reverse=True)
-    for old in done[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if dist.sharded:  # every rank writes its shard into the folder rank 0 made (under DDP rank 0 alone is here)
+        dist.barrier()
+    weights = _trainable(model)
+    state: dict[str, Any] = {"step": step, "torch_rng": torch.get_rng_state(), **extra}
+    if dist.sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=tmp / SHARDED)
+    else:
+        state["optimizer"] = optimizer.state_dict()
+    if dist.is_main:
+        torch.save(weights, tmp / "trainable.pt")
+        torch.save(state, tmp / "state.pt")
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+        done = sorted(_checkpoints(path.parent), key=lambda p: int(p.name.split("_")[1]), reverse=True)
+        for old in done[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+    if dist.sharded:
+        dist.barrier()
+
+
+def _load_checkpoint(ck: Path, model, optimizer, dist: Dist) -> dict[str, Any]:
+    """Restore weights and optimizer from checkpoint `ck` (either format, see `save_checkpoint`); its state."""
+    dev = next(model.parameters()).device
+    state = torch.load(ck / "state.pt", map_location=dev, weights_only=True)  # never unpickle code
+    weights = torch.load(ck / "trainable.pt", map_location=dev, weights_only=True)
+    if dist.sharded or (ck / SHARDED).is_dir():
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        if not (ck / SHARDED).is_dir():
+            raise RuntimeError(f"{ck} was written by DDP or one process: resume it with launch.sharding=ddp")
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        optim = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+        dcp.load(optim, checkpoint_id=ck / SHARDED)  # resharded to this world size
+        set_optimizer_state_dict(model, optimizer, optim["optimizer"])
+    else:
+        load_trainable(model, ck / "trainable.pt", weights)
+        optimizer.load_state_dict(state["optimizer"])
+    return state
 
 
 def _checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -277,23 +324,22 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
     dev = next(model.parameters()).device
     plan = objective.plan()
     total = math.ceil(len(plan) / cfg.grad_accum)
+    engine = dist.wrap(_Step(model, objective))  # before the optimizer: FSDP replaces the parameters by shards
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    engine = dist.wrap(_Step(model, objective))
     is_main = dist.is_main
     start = 0
     # per-step records of the whole run; a checkpoint carries them so that a resumed run reports all steps
     run: dict[str, Any] = {"losses": [], "shares": [], "lrs": [], "speeds": [], "samples": 0, "seconds": 0.0,
                            "curve": []}
     if (ck := latest_checkpoint(ckpt_dir)) is not None:
-        load_trainable(model, ck / "trainable.pt")
-        state = torch.load(ck / "state.pt", map_location=dev, weights_only=True)  # never unpickle code
-        optimizer.load_state_dict(state["optimizer"])
+        state = _load_checkpoint(ck, model, optimizer, dist)
         torch.set_rng_state(state["torch_rng"].cpu())
         start = state["step"]
         run = state["run"]
-    objective.refresh(model)
+    with dist.gathered(engine):
+        objective.refresh(model)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.bf16))
     shares, losses, lrs, speeds, curve = run["shares"], run["losses"], run["lrs"], run["speeds"], run["curve"]
     n_samples, elapsed = int(run["samples"]), float(run["seconds"])
@@ -301,14 +347,18 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
     budget = cfg.max_seconds
 
     def take_probe(step: int) -> None:
-        if probe is not None and is_main:
-            model.eval()
+        if probe is None:  # rank 0 alone probes (every rank under FSDP, where each holds a shard)
+            return
+        model.eval()
+        with dist.gathered(engine):
             curve.append({"seconds": elapsed, "step": step, "samples": n_samples, **probe(model)})
-            model.train()
-            if cfg.keep_best and curve[-1]["val_ndcg_10"] > run.get("best", {}).get("val_ndcg_10", -1.0):
+        model.train()
+        if cfg.keep_best and curve[-1]["val_ndcg_10"] > run.get("best", {}).get("val_ndcg_10", -1.0):
+            weights = _trainable(model)
+            if is_main:
                 with atomic_path(out_dir / BEST) as tmp:
-                    torch.save(_trainable(model), tmp)
-                run["best"] = curve[-1]
+                    torch.save(weights, tmp)
+            run["best"] = curve[-1]
 
     bar = None
     if progress and is_main:
@@ -333,9 +383,10 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
         micros = plan[step * cfg.grad_accum : (step + 1) * cfg.grad_accum]
         for i, micro in enumerate(micros):
             last = i == len(micros) - 1
-            with nullcontext() if last or not hasattr(engine, "no_sync") else engine.no_sync():
+            with dist.gradient_sync(engine, last):
                 with autocast:
-                    part = engine(dist.shard(micro), done_share, gen)
+                    shard = dist.shard(micro)
+                    part = engine(shard if len(shard) else micro[:1], done_share, gen, stand_in=not len(shard))
                 loss_sum, terms, targets, patched = dist.sum(float(part.total.detach()), part.terms, part.targets,
                                                           part.share * part.targets)
                 # DDP averages gradients over ranks: scale so that the result is the global micro-batch's mean
@@ -345,7 +396,8 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
             n_samples += int(targets)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
-        objective.refresh(model)
+        with dist.gathered(engine):
+            objective.refresh(model)
         seconds = dist.max(time.perf_counter() - step_t0)  # every rank stops a time budget at the same step
         elapsed += seconds
         losses.append(step_loss)
@@ -357,9 +409,10 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
         done = step + 1
         if cfg.curve_every_s and elapsed >= (len(curve) + 1) * cfg.curve_every_s:
             take_probe(done)
-        if is_main and done % cfg.checkpoint_every == 0:
+        if (is_main or dist.sharded) and done % cfg.checkpoint_every == 0:
             run.update(samples=n_samples, seconds=elapsed)
-            save_checkpoint(ckpt_dir / f"step_{done}", model, optimizer, done, {"run": run}, keep=cfg.keep_checkpoints)
+            save_checkpoint(ckpt_dir / f"step_{done}", model, optimizer, done, {"run": run}, cfg.keep_checkpoints,
+                            dist)
     if bar is not None:
         bar.close()
     if not losses:
@@ -367,9 +420,9 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
     final = len(losses)
     if probe is not None and (not curve or curve[-1]["step"] != final):
         take_probe(final)
-    if is_main and ((last := latest_checkpoint(ckpt_dir)) is None or last.name != f"step_{final}"):
+    if (is_main or dist.sharded) and ((last := latest_checkpoint(ckpt_dir)) is None or last.name != f"step_{final}"):
         run.update(samples=n_samples, seconds=elapsed)
-        save_checkpoint(ckpt_dir / f"step_{final}", model, optimizer, final, {"run": run}, keep=cfg.keep_checkpoints)
+        save_checkpoint(ckpt_dir / f"step_{final}", model, optimizer, final, {"run": run}, cfg.keep_checkpoints, dist)
     return StageResult(final, n_samples, losses[-1], n_samples / elapsed if elapsed else 0.0, losses, shares, lrs,
                        speeds, seconds=elapsed, curve=curve, best=run.get("best"))
 
@@ -404,7 +457,8 @@ def train_run(data_dir: Path, out_dir: Path, spec: RunSpec, init_from: Path | No
         objective = GenerativeObjective(store, base.catalog, base.pieces, cfg)
     if init_from is not None and latest_checkpoint(out_dir / "checkpoints") is None:
         load_init(model, Path(init_from) / "trainable.pt")
-    probe = _val_probe(items, spec, base, model, data_dir) if cfg.curve_every_s and dist.is_main else None
+    probes = cfg.curve_every_s and (dist.is_main or dist.sharded)  # under FSDP every rank takes part in a probe
+    probe = _val_probe(items, spec, base, model, data_dir) if probes else None
     result = fit(model, objective, cfg, out_dir, dist=dist, progress=progress, probe=probe)
     if dist.is_main:
         final = out_dir / BEST if cfg.keep_best else latest_checkpoint(out_dir / "checkpoints") / "trainable.pt"

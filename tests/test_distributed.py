@@ -50,15 +50,20 @@ def test_dist_shards_cover_every_item_once():
     assert [len(Dist(rank=r, world=2).shard(np.arange(1))) for r in range(2)] == [1, 0]
 
 
-@pytest.mark.parametrize("kw", [
-    {"head": "scoring", "finetune": "lora"},
-    {"head": "generative", "layout": "session", "group": 3, "max_history": 12, "finetune": "full", "batch_size": 3,
-     "grad_accum": 1, "max_samples": 13, "lr": 1e-3},
-], ids=["scoring-lora", "generative-full"])
-def test_two_gloo_ranks_train_like_one_process(data, tmp_path, kw):  # noqa: F811
+GENERATIVE_FULL = {"head": "generative", "layout": "session", "group": 3, "max_history": 12, "finetune": "full",
+                   "batch_size": 3, "grad_accum": 1, "max_samples": 13, "lr": 1e-3}
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+@pytest.mark.parametrize("kw", [{"head": "scoring", "finetune": "lora"}, GENERATIVE_FULL],
+                         ids=["scoring-lora", "generative-full"])
+def test_two_gloo_ranks_train_like_one_process(data, tmp_path, kw, sharding):  # noqa: F811
+    """DDP and FSDP (weights, gradients and optimizer state sharded over the 2 ranks) make the same updates as
+    one process with the same global batches."""
     spec = _spec(**kw)
     one = run_job(TrainJob(data_dir=data, out_dir=tmp_path / "one", spec=spec))
-    two = run_job(TrainJob(data_dir=data, out_dir=tmp_path / "two", spec=spec), TWO)
+    two = run_job(TrainJob(data_dir=data, out_dir=tmp_path / "two", spec=spec),
+                  LaunchConfig(nproc_per_node=2, sharding=sharding))
     assert two.metrics["samples"] == one.metrics["samples"] and two.metrics["steps"] == one.metrics["steps"]
     assert two.metrics["final_loss"] == pytest.approx(one.metrics["final_loss"], rel=1e-4)
     _assert_same(_weights(tmp_path / "one"), _weights(tmp_path / "two"))
@@ -92,8 +97,10 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes(data, tmp_path):  # noqa
     assert one.metrics["steps"] == len(pd.read_json(out / "training.json", typ="series")["losses"])
 
 
-def test_a_two_rank_run_killed_whole_resumes_in_one_process(data, tmp_path):  # noqa: F811
-    """Checkpoints hold full (unsharded) state: a run may resume at another world size."""
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_a_two_rank_run_killed_whole_resumes_in_one_process(data, tmp_path, sharding):  # noqa: F811
+    """A run may resume at another world size: DDP checkpoints hold full state; FSDP ones hold whole weights and
+    the optimizer state in shards (torch.distributed.checkpoint), resharded for the resuming world."""
     spec = _spec(epochs=6, checkpoint_every=1)
     out = tmp_path / "run"
 
@@ -112,12 +119,24 @@ def test_a_two_rank_run_killed_whole_resumes_in_one_process(data, tmp_path):  # 
     killer = threading.Thread(target=kill_the_launch_after_a_checkpoint)
     killer.start()
     with pytest.raises(LaunchError):
-        run_job(TrainJob(data_dir=data, out_dir=out, spec=spec), TWO)
+        run_job(TrainJob(data_dir=data, out_dir=out, spec=spec), LaunchConfig(nproc_per_node=2, sharding=sharding))
     killer.join()
-    assert not (out / "trainable.pt").exists() and latest_checkpoint(out / "checkpoints") is not None
+    assert not (out / "trainable.pt").exists() and (ck := latest_checkpoint(out / "checkpoints")) is not None
+    assert (ck / "optimizer" / ".metadata").is_file() == (sharding == "fsdp")
     run_job(TrainJob(data_dir=data, out_dir=out, spec=spec))  # world size 1 picks up the 2-rank checkpoint
     run_job(TrainJob(data_dir=data, out_dir=tmp_path / "one", spec=spec))
     _assert_same(_weights(tmp_path / "one"), _weights(out))
+
+
+def test_fsdp_refuses_to_resume_a_ddp_checkpoint_with_a_clear_error(data, tmp_path):  # noqa: F811
+    from patchrec.training import _load_checkpoint
+
+    spec = _spec(epochs=1)
+    run_job(TrainJob(data_dir=data, out_dir=tmp_path / "run", spec=spec))
+    ck = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match=r"step_\d+ was written by DDP or one process: .*sharding=ddp"):
+        _load_checkpoint(ck, model, torch.optim.AdamW(model.parameters()), Dist(rank=0, world=2, sharding="fsdp"))
 
 
 def test_a_failing_rank_fails_the_stage_with_its_error(data, tmp_path):  # noqa: F811

@@ -101,3 +101,27 @@ def test_batched_exhaustive_beams_score_every_title_by_its_likelihood():
         torch.testing.assert_close(torch.tensor(got.scores), torch.tensor([best[i] for i in got.items]), atol=1e-4,
                                    rtol=0)
         assert sorted(got.items) == list(range(len(TITLES)))
+
+
+def test_decoding_reads_each_prompt_once_for_all_its_beams():
+    """Decoding steps attend through `beam_attention`: a user's prompt keys are one row for all its beams."""
+    from transformers import AttentionInterface
+
+    from patchrec.evaluation import beam
+
+    model, pieces, catalog, trie = _setup()
+    prompts = [_prompt(model, pieces, catalog, h) for h in ([0, 5], [3, 1, 4, 1, 5])]
+    seen: list[tuple[int, int]] = []
+
+    def spy(module, query, *args, **kwargs):
+        cache = beam._ACTIVE.get()
+        seen.append((query.shape[0], cache.prompt_k[module.layer_idx].shape[0] * cache.width))
+        return beam.beam_attention(module, query, *args, **kwargs)
+
+    AttentionInterface.register(beam.ATTENTION, spy)
+    try:
+        rank_batch(model, prompts, trie, num_beams=4, top_k=4)
+    finally:
+        AttentionInterface.register(beam.ATTENTION, beam.beam_attention)
+    assert seen and all(rows == users_x_width for rows, users_x_width in seen)
+    assert max(rows for rows, _ in seen) == 2 * 4 and model.config._attn_implementation != beam.ATTENTION

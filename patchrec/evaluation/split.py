@@ -29,9 +29,9 @@ def evaluate_split(runtime: Runtime, data_dir: Path, out_dir: Path, ecfg: EvalCo
                    progress: bool = True, dist: Dist = SINGLE) -> dict[str, Any]:
     """Rank `ecfg.split` with the run's layout and head; write eval.json and ranks.parquet into `out_dir`.
 
-    Under torchrun the ranker's batches of users are dealt out to the ranks in contiguous runs (each batch is
-    exactly the batch one process would rank, so the merged ranks are those of one process); rank 0 merges
-    them and writes the files.
+    Users are batched by history length (similar prompt lengths: little padding). Under torchrun the ranker's
+    batches are dealt out to the ranks in contiguous runs (each batch is exactly the batch one process would
+    rank, so the merged ranks are those of one process); rank 0 merges them and writes the files.
 
     Returns:
         The eval.json object: split, samples, layout, users_per_s, prompt_tokens_mean, metrics (exact item
@@ -42,17 +42,18 @@ def evaluate_split(runtime: Runtime, data_dir: Path, out_dir: Path, ecfg: EvalCo
     store = SequenceStore(data_dir, max_history=runtime.max_history)
     idx = sample_split(store, ecfg.split, ecfg.max_samples, ecfg.seed)
     hists, targets = zip(*(store.sample(int(i)) for i in idx)) if len(idx) else ((), ())
-    chunk = getattr(ranker, "batch_size", 1)  # users per call: a batch for the scoring head, one for beam search
+    chunk = getattr(ranker, "batch_size", 1)  # users per call: one batch
+    by_length = np.argsort([len(h) for h in hists], kind="stable")  # batches of similar lengths: little padding
     mine = dist.shard(np.arange(0, len(idx), chunk))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(len(hists[s : s + chunk]) for s in mine), desc=f"rank {ecfg.split}", unit="user")
+        bar = tqdm(total=sum(len(by_length[s : s + chunk]) for s in mine), desc=f"rank {ecfg.split}", unit="user")
     t0 = time.perf_counter()
     part: list[tuple[list[int], int]] = []
     for s in mine:
-        got = ranker.rank_many(list(hists[s : s + chunk]), ecfg.top_k)
+        got = ranker.rank_many([hists[j] for j in by_length[s : s + chunk]], ecfg.top_k)
         part += [(r.items, r.prompt_tokens) for r in got]
         if bar is not None:
             bar.update(len(got))
@@ -60,7 +61,9 @@ def evaluate_split(runtime: Runtime, data_dir: Path, out_dir: Path, ecfg: EvalCo
         bar.close()
     parts = dist.gather((part, time.perf_counter() - t0))
     seconds = max(sec for _, sec in parts)
-    merged = [p for shard, _ in parts for p in shard]  # rank order = sample order
+    merged: list[tuple[list[int], int]] = [([], 0)] * len(idx)
+    for j, m in zip(by_length, (p for shard, _ in parts for p in shard), strict=True):  # back to sample order
+        merged[j] = m
     ranked, tokens = [m[0] for m in merged], [m[1] for m in merged]
     users = store.sample_user[idx].astype(np.int64)
     hist_len = np.array([len(h) for h in hists], dtype=np.int64)
