@@ -267,6 +267,11 @@ def rank_speed(s, store, users: int, batch: int = 32) -> dict:
                 tokens["prefill"] += kw["inputs_embeds"].shape[0] * kw["inputs_embeds"].shape[1]
             return forward(*a, **kw)
 
+        with torch.no_grad():  # untimed warm-up of both paths (first calls build the CPU kernels' plans)
+            timed(lambda: rank_batch(model, embeds[:batch], trie, 20, 20))
+            first = prompts[0]
+            timed(lambda: model.generate(inputs_embeds=first.inputs_embeds, attention_mask=first.attention_mask,
+                                         num_beams=20, max_new_tokens=4, do_sample=False, pad_token_id=s.pieces.pad))
         model.forward = counting
         try:
             batched = timed(lambda: [rank_batch(model, embeds[i : i + batch], trie, 20, 20)
