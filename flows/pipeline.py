@@ -49,6 +49,9 @@ def _train_and_register(
     registry = {**reg.info, "registered": bool(reg.info["registered"]) and not reg.reused}
     if reg.reused:
         registry.update(promoted=False, reason=f"already registered as v{reg.info['version']}")
+    elif reg.info.get("resumed"):
+        registry["reason"] = f"finished the registration of v{reg.info['version']} a crash interrupted: " + \
+            registry["reason"]
     metrics = {f"{s.stage.removeprefix('eval-')}_{k}": v for s in (val, test) for k, v in s.metrics.items()}
     return {"profile": cfg.profile, "dataset": cfg.dataset, "data_dir": str(data.dir), "run_dir": str(run.dir),
             "metrics": metrics, "registry": registry, "reused": {r.stage: r.reused for r in done}}

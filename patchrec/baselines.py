@@ -11,6 +11,7 @@ Both write ranks.parquet + eval.json like `evaluation.split.evaluate_split`, so 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from patchrec import stopping
 from patchrec.config import SASRecConfig
 from patchrec.data.sequences import SequenceStore, sample_split
 from patchrec.evaluation.metrics import first_ranks, masked_ranks, summarize_ranks
@@ -127,41 +129,47 @@ def train_sasrec(store: SequenceStore, n_items: int, cfg: SASRecConfig, progress
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.max_epochs, desc="sasrec", unit="epoch")
-    for epoch in range(cfg.max_epochs):
-        model.train()
-        order = rng.permutation(len(seqs))
-        total, n = 0.0, 0
-        for s in range(0, len(order), cfg.batch_size):
-            rows = [seqs[i] for i in order[s : s + cfg.batch_size]]
-            batch = _left_pad(rows, cfg.max_len + 1, model.pad).to(device)
-            inp, tgt = batch[:, :-1], batch[:, 1:]
-            keep = (tgt != model.pad) & (inp != model.pad)
-            h = model(inp)[keep]
-            loss = nn.functional.cross_entropy(h @ model.items.weight[:-1].T, tgt[keep])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * int(keep.sum())
-            n += int(keep.sum())
-        entry = {"epoch": epoch + 1, "loss": total / max(n, 1), "seconds": time.perf_counter() - t0}
-        if (epoch + 1) % cfg.eval_every == 0:
-            model.eval()
-            with torch.no_grad():
-                ranked, hists, targets = rank_split(
-                    lambda hs: model.scores(_left_pad(hs, cfg.max_len, model.pad).to(device)), store, val)
-            ndcg = summarize_ranks(first_ranks([r[:20] for r in ranked], targets), ks=(10,))["ndcg_10"]
-            entry["val_ndcg_10"] = ndcg
-            if ndcg > best:
-                best, bad = ndcg, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-        log.append(entry)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{entry['loss']:.3f}", val_ndcg10=f"{best:.4f}")
-        if bad >= cfg.patience:
-            break
+    with stopping.stop_on_signals():
+        for epoch in range(cfg.max_epochs):
+            model.train()
+            order = rng.permutation(len(seqs))
+            total, n = 0.0, 0
+            for s in range(0, len(order), cfg.batch_size):
+                rows = [seqs[i] for i in order[s : s + cfg.batch_size]]
+                batch = _left_pad(rows, cfg.max_len + 1, model.pad).to(device)
+                inp, tgt = batch[:, :-1], batch[:, 1:]
+                keep = (tgt != model.pad) & (inp != model.pad)
+                h = model(inp)[keep]
+                loss = nn.functional.cross_entropy(h @ model.items.weight[:-1].T, tgt[keep])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * int(keep.sum())
+                n += int(keep.sum())
+                if signum := stopping.requested():  # SIGTERM / SIGINT: stop within a batch (a rerun trains again)
+                    if bar is not None:
+                        bar.close()
+                    raise stopping.Stopped(f"SASRec stopped by {signal.Signals(signum).name} in epoch {epoch + 1}; "
+                                           "nothing of it is kept (a rerun trains it again)", signum)
+            entry = {"epoch": epoch + 1, "loss": total / max(n, 1), "seconds": time.perf_counter() - t0}
+            if (epoch + 1) % cfg.eval_every == 0:
+                model.eval()
+                with torch.no_grad():
+                    ranked, hists, targets = rank_split(
+                        lambda hs: model.scores(_left_pad(hs, cfg.max_len, model.pad).to(device)), store, val)
+                ndcg = summarize_ranks(first_ranks([r[:20] for r in ranked], targets), ks=(10,))["ndcg_10"]
+                entry["val_ndcg_10"] = ndcg
+                if ndcg > best:
+                    best, bad = ndcg, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    bad += 1
+            log.append(entry)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{entry['loss']:.3f}", val_ndcg10=f"{best:.4f}")
+            if bad >= cfg.patience:
+                break
     if bar is not None:
         bar.close()
     if best_state is not None:

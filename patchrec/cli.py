@@ -383,9 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     from patchrec.data.formats import SourceError
     from patchrec.data.ingest import IngestError
     from patchrec.data.validation import ValidationFailed
+    from patchrec.stopping import Stopped
 
     try:
         return int(args.func(args))
+    except Stopped as exc:  # SIGTERM / SIGINT: what was finished is kept, and says so
+        print(f"patchrec: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except (SourceError, IngestError, ValidationFailed, FileNotFoundError, ValueError, ValidationError, RuntimeError,
             TimeoutError) as exc:
         print(f"patchrec: error: {exc}", file=sys.stderr)

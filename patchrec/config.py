@@ -33,7 +33,9 @@ FORMATS: tuple[str, ...] = get_args(Format)
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Frozen, no unknown keys, and no NaN or infinity in any float field (each field declares its range)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class TableSource(_Frozen):
@@ -90,16 +92,18 @@ class DataConfig(_Frozen):
     protocol: Literal["auto", "paper", "loo", "given"] = Field(
         "auto", description="auto = the split given by the source when it has one, else paper"
     )
-    min_rating: float | None = Field(None, description="keep events with rating >= this (positive feedback)")
+    min_rating: float | None = Field(None, ge=-1e9, le=1e9,
+                                     description="keep events with rating >= this (positive feedback)")
     kcore: int = Field(0, ge=0, description="iteratively keep users and items with >= k events (0 = off)")
     max_history: int = Field(100, ge=1)
     min_history: int = Field(3, ge=1, description="a target needs at least this many earlier items")
-    split_ratios: tuple[float, float, float] = (0.96, 0.02, 0.02)
-    max_future_days: float = Field(1.0, description="events later than now + this many days are quarantined")
+    split_ratios: tuple[float, float, float] = Field((0.96, 0.02, 0.02), description="train / val / test shares")
+    max_future_days: float = Field(1.0, ge=0, le=36500, description="events later than now + this many days are "
+                                   "quarantined")
     min_time: dt.date | None = Field(
         None, description="events before this date are quarantined (default 1995-01-01; generic sources: 1970-01-01)"
     )
-    max_abs_rating: float = Field(1e9, gt=0, description="ratings beyond +-this are quarantined as absurd")
+    max_abs_rating: float = Field(1e9, gt=0, le=1e18, description="ratings beyond +-this are quarantined as absurd")
     max_line_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     memory_limit: str = "2GB"
     rebuild: bool = Field(False, description="discard earlier ingestion state and ingest every file again")
@@ -107,8 +111,9 @@ class DataConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
-        if abs(sum(self.split_ratios) - 1.0) > 1e-9 or min(self.split_ratios) < 0:
-            raise ValueError(f"split_ratios must be non-negative and sum to 1, got {self.split_ratios}")
+        if abs(sum(self.split_ratios) - 1.0) > 1e-9 or min(self.split_ratios) < 0 or self.split_ratios[0] == 0:
+            raise ValueError(f"split_ratios must be non-negative, with a train share above 0, and sum to 1, got "
+                             f"{self.split_ratios}")
         if self.format == "generic" and self.source is None:
             raise ValueError("format 'generic' needs a source mapping (--source-config FILE)")
         if self.format != "generic" and self.source is not None:
@@ -152,14 +157,14 @@ class TrainConfig(_Frozen):
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = 0.0
+    lr: float = Field(1e-4, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0, le=10)
     warmup_ratio: float = Field(0.05, ge=0, le=1)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = Field(1.0, gt=0, description="gradients are clipped to this global norm")
     finetune: Literal["lora", "full"] = "lora"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    lora_r: int = Field(8, ge=1, le=4096)
+    lora_alpha: int = Field(16, ge=1, le=1 << 16)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     bf16: bool | Literal["auto"] = Field("auto", description="bf16 autocast; auto = where the hardware has native bf16")
     length_grouped: bool = True
@@ -167,7 +172,8 @@ class TrainConfig(_Frozen):
     stride: int = Field(50, ge=1, description="scoring head: target positions per window")
     sessions: int = Field(10, ge=1, description="scoring head, layout session: session patches before the items")
     item_correction: bool = Field(True, description="scoring head: learn a per-item correction of the item vectors")
-    item_lr: float | None = Field(None, gt=0, description="scoring head: learning rate of the correction (default lr)")
+    item_lr: float | None = Field(None, gt=0, le=10,
+                                  description="scoring head: learning rate of the correction (default lr)")
     negatives: int | None = Field(None, ge=1, description="scoring head: sampled softmax with this many uniform "
                                   "negatives (None: full softmax over the catalog)")
     max_seconds: float | None = Field(None, gt=0, description="wall-clock training budget; the schedule follows it")
@@ -178,7 +184,7 @@ class TrainConfig(_Frozen):
                             "the last step (early stopping on validation, as SASRec does); needs curve_every_s")
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (the newest ones)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
     @model_validator(mode="after")
     def _check_stage(self) -> TrainConfig:
@@ -223,8 +229,8 @@ class ModelConfig(_Frozen):
 
     base: str = "smollm2"
     cache_dir: Path = Path(".state/models")
-    tiny_hidden: int = 64
-    tiny_layers: int = 2
+    tiny_hidden: int = Field(64, ge=8, le=4096, multiple_of=4, description="tiny base: hidden size")
+    tiny_layers: int = Field(2, ge=1, le=64, description="tiny base: transformer layers")
 
 
 class EvalConfig(_Frozen):
@@ -232,12 +238,12 @@ class EvalConfig(_Frozen):
     max_samples: int | None = Field(200, ge=1, description="evaluate a deterministic sample of this many targets")
     num_beams: int = Field(20, ge=1)
     top_k: int = Field(20, ge=1)
-    length_penalty: float = 1.0
+    length_penalty: float = Field(1.0, ge=-10, le=10, description="beam search: score / length ** this")
     mask_history: bool = Field(False, description="scoring head: never rank an item of the history")
     batch_size: int | None = Field(None, ge=1, description="users ranked together (default: 64 for the scoring "
                                    "head, 32 for the generative head's beam search)")
     bf16: bool | Literal["auto"] = "auto"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class SASRecConfig(_Frozen):
@@ -249,10 +255,10 @@ class SASRecConfig(_Frozen):
     dropout: float = Field(0.2, ge=0, lt=1)
     max_len: int = Field(100, ge=2)
     batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = 0.0
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0, le=10)
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1, description="stop after this many evaluations without a better val NDCG@10")
     eval_every: int = Field(1, ge=1)
     val_samples: int | None = Field(2000, ge=1, description="validation samples used for early stopping")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)

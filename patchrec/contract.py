@@ -4,8 +4,10 @@ Every stage (prepare, baselines, catalog, pre-training, fine-tuning, evaluation,
 outputs into one folder and then, last and atomically, `manifest.json`: the stage name, the fingerprint of
 every input that changes the output, small metrics and facts, and the configs it ran with. A folder is
 finished exactly when its manifest exists; `run_stage` is the only code that decides whether a stage runs
-or is reused, and it opens the stage's MLflow run. Checkpoints inside a folder are not stages: each is a
-temp folder renamed into place, so a `step_N` folder is complete by construction.
+or is reused, and it opens the stage's MLflow run. One writer at a time per folder: a second process asking
+for the same stage waits on the folder's lock file, then reuses what the first one finished. Checkpoints
+inside a folder are not stages: each is a temp folder renamed into place, so a `step_N` folder is complete
+by construction.
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from patchrec.io import file_digest, read_json, write_json
+from patchrec.io import file_digest, file_lock, read_json, write_json
 
 __all__ = [
     "DATA_FILES",
@@ -54,6 +57,14 @@ class StageOutput(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     metrics: dict[str, float] = Field(default_factory=dict, description="numbers worth a chart (MLflow metrics)")
     info: dict[str, Any] = Field(default_factory=dict, description="small JSON facts: counts, versions, reasons")
+
+    @field_validator("metrics")
+    @classmethod
+    def _finite(cls, metrics: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if bad:  # JSON has no NaN: a manifest that holds one could never be read back
+            raise ValueError(f"metrics {bad} are not finite; a stage never finishes with a NaN or infinite metric")
+        return metrics
 
 
 class Manifest(StageOutput):
@@ -164,16 +175,17 @@ def run_stage(stage: str, folder: Path, fp: str, build: Callable[[Path], StageOu
         The stage record; `reused` tells whether the folder was finished before this call.
     """
     folder = Path(folder)
-    manifest = finished(folder, fp)
-    reused = manifest is not None
-    tags = {"patchrec.fingerprint": fp, "patchrec.reused": str(reused)}
-    with tracker.run(run_name or stage, tags) if tracker is not None else nullcontext():
-        if manifest is None:
-            folder.mkdir(parents=True, exist_ok=True)
-            manifest = write_manifest(folder, stage, fp, build(folder), config)
-        record = StageRecord.of(folder, manifest, reused)
-        if tracker is not None and log is not None:
-            log(record)
+    with file_lock(folder.parent / f".{folder.name}.lock", f"stage {stage} in {folder}"):  # one writer a folder
+        manifest = finished(folder, fp)
+        reused = manifest is not None
+        tags = {"patchrec.fingerprint": fp, "patchrec.reused": str(reused)}
+        with tracker.run(run_name or stage, tags) if tracker is not None else nullcontext():
+            if manifest is None:
+                folder.mkdir(parents=True, exist_ok=True)
+                manifest = write_manifest(folder, stage, fp, build(folder), config)
+            record = StageRecord.of(folder, manifest, reused)
+            if tracker is not None and log is not None:
+                log(record)
     return record
 
 

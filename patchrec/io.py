@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 
 import duckdb
 
-__all__ = ["atomic_path", "file_digest", "read_json", "write_json", "write_parquet"]
+__all__ = ["atomic_path", "file_digest", "file_lock", "read_json", "write_json", "write_parquet"]
 
 
 @contextlib.contextmanager
@@ -66,3 +68,25 @@ def file_digest(path: Path, chunk: int = 1 << 22) -> tuple[int, str]:
             size += len(block)
             h.update(block)
     return size, h.hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive inter-process lock on `path` (created if missing) for the block; waits for it.
+
+    Args:
+        path: the lock file (kept: removing a lock file another process waits on would split the lock).
+        what: what the lock protects, for the message printed while waiting.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for {what} (another process holds {path})", file=sys.stderr, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -35,12 +35,14 @@ PROJECT_ROOT = _project_root()
 class RegistryConfig(BaseModel):
     """How a new model version is named and when it replaces the champion."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
                              description="registered model name (also a folder name); default patchrec-<dataset>")
     metric: str = Field("ndcg_10", pattern=r"^((masked_)?(user_)?(hr|ndcg)_(1|5|10|20)|paper_lenient_hr_(5|10|20))$",
                         description="validation metric compared for promotion (higher is better), e.g. ndcg_10")
-    margin: float = Field(0.0, description="promote when challenger >= champion + margin")
+    margin: float = Field(0.0, ge=-1, le=1, description="promote when challenger >= champion + margin")
+    min_val_samples: int = Field(30, ge=1, description="a version evaluated on fewer validation targets is "
+                                 "registered but never promoted (its metric is noise)")
     max_history: int = Field(200, ge=1, description="longest history the served model accepts")
     max_rows: int = Field(64, ge=1, description="histories per request the served model accepts")
     max_request_bytes: int = Field(1 << 20, ge=1024, description="request body size `patchrec serve` accepts")
@@ -49,7 +51,7 @@ class RegistryConfig(BaseModel):
 class PipelineConfig(BaseModel):
     """Everything one `full-pipeline` or `nightly-retrain` run needs."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     profile: str
     dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
     state_dir: Path
@@ -110,7 +112,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                 "checkpoint_every": 5},
         "val": {"split": "val", "max_samples": 12, "num_beams": 10, "top_k": 10},
         "test": {"split": "test", "max_samples": 12, "num_beams": 10, "top_k": 10},
-        "registry": {"max_history": 50},
+        "registry": {"max_history": 50, "min_val_samples": 10},  # a smoke run: 12 validation targets
         "baselines": ["popularity", "sasrec"],
         "sasrec": {"hidden": 16, "layers": 1, "heads": 1, "max_len": 20, "max_epochs": 3, "batch_size": 16},
     },
@@ -135,6 +137,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pft": {"stage": "pft", "layout": "session", "group": 20, "max_history": 50, "max_samples": 96, "lr": 5e-4},
         "val": {"split": "val", "max_samples": 24},
         "test": {"split": "test", **_SMALL_EVAL},
+        "registry": {"min_val_samples": 24},  # a demo budget: promotion on 24 validation targets
         "baselines": ["popularity"],
     },
     # `tiny` with the catalog scoring head (no PPT).
@@ -146,7 +149,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pft": _SCORING | {"context": 6, "stride": 6, "batch_size": 8, "lr": 5e-3, "epochs": 3, "checkpoint_every": 5},
         "val": {"split": "val", "max_samples": 12, "top_k": 10},
         "test": {"split": "test", "max_samples": 12, "top_k": 10},
-        "registry": {"max_history": 50},
+        "registry": {"max_history": 50, "min_val_samples": 10},
         "baselines": ["popularity"],
     },
     # The method's settings on MovieLens-100k (hours on a CPU; minutes on a GPU).

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from patchrec.io import atomic_path, file_digest, read_json, write_json
 from patchrec.runtime import Base, RunSpec, Runtime, read_items
 
-__all__ = ["BundleInfo", "RecommendError", "Recommender", "default_model_cache", "write_bundle"]
+__all__ = ["BundleInfo", "RecommendError", "Recommender", "bundle_digest", "default_model_cache", "write_bundle"]
 
 
 MAX_ROWS = 64  # histories per request, by default
@@ -97,6 +97,20 @@ def write_bundle(run_dir: Path, data_dir: Path, catalog_dir: Path, out_dir: Path
         info.update(base="bundled", source=spec.model.base)
     write_json(BundleInfo(**info).model_dump(mode="json"), out_dir / "bundle.json")
     return out_dir
+
+
+def bundle_digest(folder: Path) -> str:
+    """sha256 over every file of a bundle (relative path and content; the stage manifest excluded): recorded
+    on the registered version, checked on every download."""
+    import hashlib
+
+    from patchrec.contract import MANIFEST
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST):
+        h.update(f"{path.relative_to(folder).as_posix()}\0{file_digest(path)[1]}\n".encode())
+    return h.hexdigest()
 
 
 class Recommender:

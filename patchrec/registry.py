@@ -1,13 +1,16 @@
 """The MLflow model: a pyfunc around `Recommender`, registered as `patchrec-<dataset>` with aliases.
 
 Every new version gets `challenger`. It becomes `champion` only when its validation metric (a metric of the
-run that registered it, also on the logged model) is at least the champion's plus a margin; the version it
-replaces is recorded in its `previous_champion` tag, so `rollback` is one alias switch back. Versions are
-never deleted: a previous champion stays loadable.
+run that registered it, also on the logged model) is finite, measured on enough targets, and at least the
+champion's plus a margin; the version it replaces is recorded in its `previous_champion` tag, so `rollback`
+is one alias switch back. Versions are never deleted: a previous champion stays loadable. Registration is
+resumable: a version is created with its identifying tags in one write, and `finish_registration` completes
+whatever a crash left (aliases, decision) on a re-run.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,8 +22,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-__all__ = ["CHALLENGER", "CHAMPION", "MODEL_NAME", "PatchRecModel", "alias", "aliases", "check_name", "find_version",
-           "log_model", "promote", "promote_if_better", "rollback", "version_metrics", "versions"]
+from patchrec import faults
+
+__all__ = ["CHALLENGER", "CHAMPION", "MODEL_NAME", "PatchRecModel", "alias", "aliases", "check_name", "decide",
+           "find_version", "finish_registration", "log_model", "promote", "rollback", "version_metrics", "versions"]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # also a folder name: no quotes, slashes or leading dots
@@ -74,15 +79,18 @@ def log_model(bundle: Path, name: str, example_history: list[str], tags: dict[st
               metrics: dict[str, float]) -> int:
     """Log the bundle as a pyfunc model in the active run, with `metrics` on it, and register it.
 
+    The version is created with its `tags` in one write, so a version found by `find_version` always says
+    what it was registered from; `finish_registration` then sets its aliases.
+
     Args:
         bundle: a bundle folder (`recommender.write_bundle`).
         name: the registered model name.
         example_history: item keys for the input example and signature.
-        tags: identifying tags for the version (fingerprint, profile, dataset, ...).
+        tags: identifying tags for the version (fingerprint, profile, dataset, data fingerprint, digest, ...).
         metrics: evaluation metrics (`val_*`, `test_*`), logged on the model.
 
     Returns:
-        The new version number (alias `challenger`).
+        The new version number.
     """
     from mlflow.models import infer_signature
 
@@ -94,14 +102,9 @@ def log_model(bundle: Path, name: str, example_history: list[str], tags: dict[st
     info = mlflow.pyfunc.log_model(name="model", python_model=PatchRecModel(), artifacts={"bundle": str(bundle)},
                                    signature=infer_signature(example, output, params=params),
                                    input_example=(example, {"top_k": 3}), pip_requirements=_requirements(),
-                                   registered_model_name=name, tags=tags)
+                                   tags=tags)
     mlflow.log_metrics(metrics, model_id=info.model_id)
-    ver = int(info.registered_model_version)
-    client = MlflowClient()
-    for k, v in tags.items():
-        client.set_model_version_tag(name, str(ver), k, v)
-    client.set_registered_model_alias(name, CHALLENGER, str(ver))
-    return ver
+    return int(mlflow.register_model(info.model_uri, name, tags=tags).version)
 
 
 def versions(name: str) -> list[Any]:
@@ -141,14 +144,28 @@ def alias(name: str, label: str) -> Any | None:
         raise
 
 
+def _tag(name: str, ver: int, key: str, value: str) -> None:
+    MlflowClient().set_model_version_tag(name, str(ver), key, value)
+    faults.point(f"registry.tag.{key}")
+
+
+def _alias(name: str, label: str, ver: int) -> None:
+    MlflowClient().set_registered_model_alias(name, label, str(ver))
+    faults.point(f"registry.alias.{label}")
+
+
 def promote(name: str, ver: int, reason: str) -> None:
-    """Point `champion` at `ver`, remembering the version it replaces."""
-    client = MlflowClient()
+    """Point `champion` at `ver`, remembering the version it replaces.
+
+    Order: `previous_champion` first, then the alias, then `promotion` (the decision's reason) last. A crash
+    anywhere leaves a version without `promotion`, which `finish_registration` completes: the tags never
+    claim a promotion the alias does not show.
+    """
     old = alias(name, CHAMPION)
     if old is not None and int(old.version) != ver:
-        client.set_model_version_tag(name, str(ver), "previous_champion", old.version)
-    client.set_model_version_tag(name, str(ver), "promotion", reason)
-    client.set_registered_model_alias(name, CHAMPION, str(ver))
+        _tag(name, ver, "previous_champion", old.version)
+    _alias(name, CHAMPION, ver)
+    _tag(name, ver, "promotion", reason)
 
 
 def version_metrics(v: Any) -> dict[str, float]:
@@ -161,22 +178,74 @@ def version_metrics(v: Any) -> dict[str, float]:
         return {}
 
 
-def promote_if_better(name: str, ver: int, metric: str, margin: float) -> dict[str, Any]:
-    """Guarded promotion on the validation metric `val_<metric>` of the versions' runs; returns the decision."""
-    client = MlflowClient()
-    mine = version_metrics(client.get_model_version(name, str(ver)))[f"val_{metric}"]
-    champ = alias(name, CHAMPION)
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def decide(mine: dict[str, float], samples: int | None, champ: dict[str, float] | None, champ_version: int | None,
+           metric: str, margin: float, min_samples: int) -> tuple[bool, str]:
+    """Whether a version with validation metrics `mine` (over `samples` targets) replaces the champion.
+
+    A version is never promoted when its metric is missing or not finite, or when it was validated on fewer
+    than `min_samples` targets. A champion whose metric is missing or not finite is replaced by any valid one.
+    """
+    key = f"val_{metric}"
+    if key not in mine:
+        return False, f"not promoted: the version has no {key} (metrics: {sorted(mine)[:8]})"
+    if not _finite(mine[key]):
+        return False, f"not promoted: its {key} is {mine[key]} (not finite)"
+    if samples is None or samples < min_samples:
+        return False, (f"not promoted: validated on {samples} targets, fewer than registry.min_val_samples="
+                       f"{min_samples}")
     if champ is None:
-        promote(name, ver, "first version")
-        return {"promoted": True, "reason": "first version", "champion": ver}
-    theirs = version_metrics(champ).get(f"val_{metric}", float("-inf"))
-    if mine >= theirs + margin:
-        reason = f"val {metric} {mine:.4f} >= champion v{champ.version} {theirs:.4f} + margin {margin}"
+        return True, f"first version (val {metric} {mine[key]:.4f} on {samples} targets)"
+    theirs = champ.get(key)
+    if not _finite(theirs):
+        return True, f"val {metric} {mine[key]:.4f}; champion v{champ_version} has no finite {key} ({theirs})"
+    if mine[key] >= theirs + margin:
+        return True, f"val {metric} {mine[key]:.4f} >= champion v{champ_version} {theirs:.4f} + margin {margin}"
+    return False, (f"not promoted: val {metric} {mine[key]:.4f} < champion v{champ_version} {theirs:.4f} + margin "
+                   f"{margin}")
+
+
+def _decision(name: str, ver: int, reason: str) -> dict[str, Any]:
+    champ = alias(name, CHAMPION)
+    promoted = not reason.startswith("not promoted")
+    return {"promoted": promoted, "reason": reason, "champion": int(champ.version) if champ is not None else None}
+
+
+def finish_registration(name: str, ver: int, metric: str, margin: float, min_samples: int) -> dict[str, Any]:
+    """Give version `ver` its aliases: `challenger`, and `champion` when its validation metric is good enough.
+
+    Idempotent and resumable: a version whose decision is recorded (tag `promotion`) is left as it is; one
+    that a crash interrupted is finished (an alias already moved to it is kept and the decision recorded).
+    The validation sample count is the version's `patchrec.val_samples` tag.
+
+    Returns:
+        {"promoted", "reason", "champion"}: the decision and the champion's version afterwards.
+    """
+    client = MlflowClient()
+    v = client.get_model_version(name, str(ver))
+    challenger = alias(name, CHALLENGER)
+    if challenger is None or int(challenger.version) < ver:
+        _alias(name, CHALLENGER, ver)
+    if (reason := v.tags.get("promotion")) is not None:
+        if not reason.startswith("not promoted") and alias(name, CHAMPION) is None:
+            _alias(name, CHAMPION, ver)  # a decision written before its alias by an older version of this code
+        return _decision(name, ver, reason)
+    champ = alias(name, CHAMPION)
+    if champ is not None and int(champ.version) == ver:  # the alias moved, the decision was not recorded yet
+        prev = v.tags.get("previous_champion")
+        champ = client.get_model_version(name, prev) if prev else None
+    samples = v.tags.get("patchrec.val_samples")
+    promoted, reason = decide(version_metrics(v), int(samples) if samples and samples.isdigit() else None,
+                              version_metrics(champ) if champ is not None else None,
+                              int(champ.version) if champ is not None else None, metric, margin, min_samples)
+    if promoted:
         promote(name, ver, reason)
-        return {"promoted": True, "reason": reason, "champion": ver}
-    reason = f"val {metric} {mine:.4f} < champion v{champ.version} {theirs:.4f} + margin {margin}"
-    client.set_model_version_tag(name, str(ver), "promotion", "not promoted: " + reason)
-    return {"promoted": False, "reason": reason, "champion": int(champ.version)}
+    else:
+        _tag(name, ver, "promotion", reason)
+    return _decision(name, ver, reason)
 
 
 def rollback(name: str) -> tuple[int, int]:
@@ -187,7 +256,6 @@ def rollback(name: str) -> tuple[int, int]:
     prev = champ.tags.get("previous_champion")
     if not prev:
         raise ValueError(f"{name} v{champ.version} (champion) has no previous champion to roll back to")
-    client = MlflowClient()
-    client.set_model_version_tag(name, champ.version, "rolled_back", "true")
-    client.set_registered_model_alias(name, CHAMPION, prev)
+    _alias(name, CHAMPION, int(prev))  # the alias first: a tag never claims a rollback that did not happen
+    _tag(name, int(champ.version), "rolled_back", "true")
     return int(champ.version), int(prev)

@@ -9,6 +9,7 @@ or tables. The Prefect tasks in `tasks/stages.py` call these functions one to on
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -19,19 +20,19 @@ import mlflow
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from patchrec import registry, tracking
+from patchrec import faults, registry, tracking
 from patchrec.catalog import CATALOG_FILE, build_catalog_table
 from patchrec.config import EvalConfig, LaunchConfig, SASRecConfig
 from patchrec.contract import StageOutput, StageRecord, Tracker, fingerprint, read_manifest, run_stage
 from patchrec.data.sequences import SequenceStore
-from patchrec.io import read_json
+from patchrec.io import file_lock, read_json
 from patchrec.launch import EvalJob, TrainJob, run_job
 from patchrec.profiles import PipelineConfig, flatten, model_identity
 from patchrec.runtime import RunSpec
 
 __all__ = ["NightlyPlan", "baseline_into", "build_catalog", "close_pipeline_run", "code_versions", "data_record",
-           "evaluate_into", "evaluate_model", "example_history", "nightly_plan", "open_pipeline_run", "record_data",
-           "register_model", "run_baseline", "train_into", "train_model"]
+           "download_champion", "evaluate_into", "evaluate_model", "example_history", "nightly_plan",
+           "open_pipeline_run", "record_data", "register_model", "run_baseline", "train_into", "train_model"]
 
 
 def code_versions() -> dict[str, str]:
@@ -225,16 +226,19 @@ def run_baseline(cfg: PipelineConfig, kind: str, data: StageRecord, parent: str 
 
 def register_model(cfg: PipelineConfig, data: StageRecord, cat: StageRecord, run: StageRecord, val: StageRecord,
                    test: StageRecord, parent: str | None = None) -> StageRecord:
-    """Bundle the run, register it as a new version (alias `challenger`), promote it if it is no worse.
+    """Bundle the run, register it as a new version (alias `challenger`), promote it if it is good enough.
 
     The stage folder is the bundle. Validation and test metrics go on the register run and the logged model;
-    promotion compares the validation metric of the runs behind the champion and the new version.
+    promotion compares the validation metric of the runs behind the champion and the new version. Resumable:
+    a version registered before a crash (found by its fingerprint tag, written with the version) is finished
+    rather than registered again, under a lock per registered model (one promotion decision at a time).
     """
-    from patchrec.recommender import write_bundle
+    from patchrec.recommender import bundle_digest, write_bundle
 
     fp = fingerprint("register", run.fingerprint, cat.fingerprint, val.fingerprint, test.fingerprint,
                      cfg.registry.model_dump(mode="json"))
     name = cfg.model_name
+    rc = cfg.registry
 
     def build(out: Path) -> StageOutput:
         metrics = {
@@ -242,28 +246,25 @@ def register_model(cfg: PipelineConfig, data: StageRecord, cat: StageRecord, run
             **{f"test_{k}": v for k, v in test.metrics.items()},
         }
         mlflow.log_metrics(metrics)
-        existing = registry.find_version(name, fp)  # registered before a crash that left no manifest
-        if existing is not None:
-            return StageOutput(
-                metrics=metrics,
-                info={
-                    "name": name,
-                    "version": existing,
-                    "registered": False,
-                    "promoted": False,
-                    "reason": f"already registered as v{existing}",
-                },
-            )
-        write_bundle(run.dir, data.dir, cat.dir, out, max_history=cfg.registry.max_history,
-                     num_beams=cfg.test.num_beams, length_penalty=cfg.test.length_penalty,
-                     max_rows=cfg.registry.max_rows, max_request_bytes=cfg.registry.max_request_bytes)
-        tags = {"patchrec.fingerprint": fp, "patchrec.profile": cfg.profile, "patchrec.dataset": cfg.dataset,
-                "patchrec.run_dir": str(run.dir), "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        ver = registry.log_model(out, name, example_history(data.dir), tags, metrics)
-        decision = registry.promote_if_better(name, ver, cfg.registry.metric, cfg.registry.margin)
+        with file_lock(cfg.state_dir / "locks" / f"registry-{name}.lock", f"the registry of {name}"):
+            ver = registry.find_version(name, fp)  # registered before a crash that left no manifest
+            resumed = ver is not None
+            if ver is None:
+                write_bundle(run.dir, data.dir, cat.dir, out, max_history=rc.max_history,
+                             num_beams=cfg.test.num_beams, length_penalty=cfg.test.length_penalty,
+                             max_rows=rc.max_rows, max_request_bytes=rc.max_request_bytes)
+                tags = {"patchrec.fingerprint": fp, "patchrec.profile": cfg.profile, "patchrec.dataset": cfg.dataset,
+                        "patchrec.run_dir": str(run.dir), "patchrec.data_fingerprint": data.fingerprint,
+                        "patchrec.val_samples": str(int(val.info.get("samples", 0))),
+                        "patchrec.bundle_sha256": bundle_digest(out),
+                        "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                ver = registry.log_model(out, name, example_history(data.dir), tags, metrics)
+                faults.point("register.version_created")
+            decision = registry.finish_registration(name, ver, rc.metric, rc.margin, rc.min_val_samples)
         mlflow.set_tags({"registered_version": str(ver), "promoted": str(decision["promoted"]),
                          "promotion": decision["reason"]})
-        return StageOutput(metrics=metrics, info={"name": name, "version": ver, "registered": True, **decision})
+        return StageOutput(metrics=metrics, info={"name": name, "version": ver, "registered": True,
+                                                  "resumed": resumed, **decision})
 
     return run_stage("register", cfg.runs_dir / f"bundle-{fp}", fp, build, tracker=_tracker(cfg, parent))
 
@@ -286,24 +287,54 @@ class NightlyPlan(BaseModel):
 
 
 def nightly_plan(cfg: PipelineConfig, data: StageRecord) -> NightlyPlan:
-    """Train when there is new data or no champion yet; warm start from the champion's bundle when allowed."""
+    """Train when the published data is not what the champion was trained on (its `patchrec.data_fingerprint`
+    tag), or when there is no champion yet; warm start from the champion's bundle when allowed.
+
+    Deciding from the data rather than from this run's "new files" flag means that a nightly that failed
+    after publishing a generation is retried by the next one instead of skipping that data for good.
+    """
     tracking.tracking_uri(cfg.state_dir)
     champ = registry.alias(cfg.model_name, registry.CHAMPION)
     if champ is None:
         return NightlyPlan(train=True, reason="no champion yet: full training")
-    if not data.info["changed"]:
+    trained_on = champ.tags.get("patchrec.data_fingerprint")
+    if trained_on == data.fingerprint:
+        return NightlyPlan(train=False, reason=f"champion v{champ.version} was trained on this data "
+                           f"({data.fingerprint}); it stays")
+    if trained_on is None and not data.info["changed"]:  # a version registered before the tag existed
         return NightlyPlan(train=False, reason=f"no new data; champion v{champ.version} stays")
-    files = data.info["files_new"]
+    what = (f"new files {data.info['files_new']}" if data.info["changed"] else
+            f"data {data.fingerprint} differs from champion v{champ.version}'s ({trained_on})")
     if not cfg.warm_start:
-        return NightlyPlan(train=True, reason=f"new files {files}: training from scratch")
-    fp = champ.tags["patchrec.fingerprint"]
+        return NightlyPlan(train=True, reason=f"{what}: training from scratch")
+    return NightlyPlan(train=True, reason=f"{what}: warm start from champion v{champ.version}",
+                       init=download_champion(cfg, champ))
+
+
+def download_champion(cfg: PipelineConfig, champ: Any) -> StageRecord:
+    """The champion's bundle as a local stage folder, checked against the digest recorded at registration (a
+    corrupted download is refused and not kept, so a repaired artifact is fetched again by the next run)."""
+    expected = champ.tags.get("patchrec.bundle_sha256")
+    fp = fingerprint("champion", champ.tags["patchrec.fingerprint"], expected)
 
     def download(out: Path) -> StageOutput:
+        from patchrec.recommender import bundle_digest
+
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{cfg.model_name}/{champ.version}",
                                             dst_path=str(out))
-        bundle = next(p.parent for p in out.rglob("bundle.json"))
-        return StageOutput(info={"version": int(champ.version), "bundle": str(bundle.relative_to(out))})
+        found = [p.parent for p in out.rglob("bundle.json")]
+        if len(found) != 1:
+            shutil.rmtree(out, ignore_errors=True)
+            raise RuntimeError(f"{cfg.model_name} v{champ.version}: the downloaded model holds {len(found)} bundles "
+                               "(bundle.json), expected 1")
+        got = bundle_digest(found[0])
+        if expected is not None and got != expected:
+            shutil.rmtree(out, ignore_errors=True)
+            raise RuntimeError(f"{cfg.model_name} v{champ.version}: the downloaded bundle has sha256 {got[:12]}..., "
+                               f"registered as {expected[:12]}... (a corrupted or changed artifact); nothing kept")
+        return StageOutput(info={"version": int(champ.version), "bundle": str(found[0].relative_to(out)),
+                                 "sha256": got})
 
-    got = run_stage("champion", cfg.state_dir / "champions" / cfg.model_name / f"v{champ.version}", fp, download)
-    init = got.model_copy(update={"dir": got.dir / got.info["bundle"]})
-    return NightlyPlan(train=True, reason=f"new files {files}: warm start from champion v{champ.version}", init=init)
+    folder = cfg.state_dir / "champions" / cfg.model_name / f"v{champ.version}-{fp}"
+    got = run_stage("champion", folder, fp, download)
+    return got.model_copy(update={"dir": got.dir / got.info["bundle"]})

@@ -38,14 +38,33 @@ __all__ = [
 USER_ENV: dict[str, str | None] = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
 
 
+_READY: set[str] = set()  # SQLite stores this process has seen initialised
+
+
 def tracking_uri(state_dir: Path) -> str:
-    """Set and return the tracking (and registry) URI: the user's environment's, else SQLite in `state_dir`."""
+    """Set and return the tracking (and registry) URI: the user's environment's, else SQLite in `state_dir`.
+
+    A SQLite store is created (MLflow's schema migrations) by one process at a time, under
+    `<state>/.mlflow.lock`: two pipelines starting at once on a fresh state folder would otherwise both
+    migrate the same file and leave it half-migrated.
+    """
     import mlflow
 
     uri = USER_ENV["MLFLOW_TRACKING_URI"] or f"sqlite:///{Path(state_dir).resolve() / 'mlflow.db'}"
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(USER_ENV["MLFLOW_REGISTRY_URI"] or uri)
+    registry = USER_ENV["MLFLOW_REGISTRY_URI"] or uri
+    mlflow.set_registry_uri(registry)
+    if uri.startswith("sqlite:") and uri not in _READY:
+        from mlflow import MlflowClient
+
+        from patchrec.io import file_lock
+
+        with file_lock(Path(state_dir) / ".mlflow.lock", f"the MLflow store {uri}"):
+            client = MlflowClient(uri, registry)
+            client.search_experiments(max_results=1)  # creates and migrates the tracking tables
+            client.search_registered_models(max_results=1)  # and the registry's
+        _READY.add(uri)
     return uri
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from patchrec import stopping
 from patchrec.config import TrainConfig
 from patchrec.contract import StageOutput
 from patchrec.data.sequences import SequenceStore, sample_split
@@ -32,8 +34,13 @@ from patchrec.prompts import PromptPieces
 from patchrec.runtime import Base, RunSpec, Runtime, read_items
 from patchrec.scoring import Layout, ScoringModel, catalog_loss, plan_windows, scoring_model, window_rows
 
-__all__ = ["GenerativeObjective", "Objective", "ScoringObjective", "StageResult", "Terms", "batch_plan", "fit",
-           "label_loss", "latest_checkpoint", "load_init", "make_batch", "save_checkpoint", "train_run"]
+__all__ = ["GenerativeObjective", "NonFiniteLoss", "Objective", "ScoringObjective", "StageResult", "Terms",
+           "batch_plan", "fit", "label_loss", "latest_checkpoint", "load_init", "make_batch", "save_checkpoint",
+           "train_run"]
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss or gradient; the step is not applied and nothing is saved."""
 
 
 @dataclass
@@ -368,51 +375,66 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
         bar = (tqdm(total=budget, initial=elapsed, desc=desc, unit="s", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s"
                     " [{elapsed}<{remaining}{postfix}]") if budget else tqdm(total=stop, initial=start, desc=desc,
                                                                             unit="step"))
-    model.train()
-    for step in range(start, stop):
-        if budget is not None and elapsed >= budget:
-            break
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        done_share = max(step / total, elapsed / budget if budget else 0.0)
-        factor = _lr_factor(done_share, cfg.warmup_ratio, 1 / total)
-        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = lr * factor
-        optimizer.zero_grad(set_to_none=True)
-        step_loss, step_shares, step_t0, step_n = 0.0, [], time.perf_counter(), n_samples
-        lrs.append(base_lrs[0] * factor)
-        micros = plan[step * cfg.grad_accum : (step + 1) * cfg.grad_accum]
-        for i, micro in enumerate(micros):
-            last = i == len(micros) - 1
-            with dist.gradient_sync(engine, last):
-                with autocast:
-                    shard = dist.shard(micro)
-                    part = engine(shard if len(shard) else micro[:1], done_share, gen, stand_in=not len(shard))
-                loss_sum, terms, targets, patched = dist.sum(float(part.total.detach()), part.terms, part.targets,
-                                                          part.share * part.targets)
-                # DDP averages gradients over ranks: scale so that the result is the global micro-batch's mean
-                (part.total * (dist.world / max(terms, 1) / cfg.grad_accum)).backward()
-            step_loss += loss_sum / max(terms, 1) / cfg.grad_accum
-            step_shares.append(patched / max(targets, 1))
-            n_samples += int(targets)
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        with dist.gathered(engine):
-            objective.refresh(model)
-        seconds = dist.max(time.perf_counter() - step_t0)  # every rank stops a time budget at the same step
-        elapsed += seconds
-        losses.append(step_loss)
-        shares.append(float(np.mean(step_shares)))
-        speeds.append((n_samples - step_n) / max(seconds, 1e-9))
-        if bar is not None:
-            bar.update(min(seconds, budget - bar.n) if budget else 1)
-            bar.set_postfix(step=step + 1, loss=f"{step_loss:.3f}", targets_s=f"{speeds[-1]:.1f}")
-        done = step + 1
-        if cfg.curve_every_s and elapsed >= (len(curve) + 1) * cfg.curve_every_s:
-            take_probe(done)
-        if (is_main or dist.sharded) and done % cfg.checkpoint_every == 0:
-            run.update(samples=n_samples, seconds=elapsed)
-            save_checkpoint(ckpt_dir / f"step_{done}", model, optimizer, done, {"run": run}, cfg.keep_checkpoints,
-                            dist)
+    with stopping.stop_on_signals():
+        model.train()
+        for step in range(start, stop):
+            if budget is not None and elapsed >= budget:
+                break
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            done_share = max(step / total, elapsed / budget if budget else 0.0)
+            factor = _lr_factor(done_share, cfg.warmup_ratio, 1 / total)
+            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = lr * factor
+            optimizer.zero_grad(set_to_none=True)
+            step_loss, step_shares, step_t0, step_n = 0.0, [], time.perf_counter(), n_samples
+            lrs.append(base_lrs[0] * factor)
+            micros = plan[step * cfg.grad_accum : (step + 1) * cfg.grad_accum]
+            for i, micro in enumerate(micros):
+                last = i == len(micros) - 1
+                with dist.gradient_sync(engine, last):
+                    with autocast:
+                        shard = dist.shard(micro)
+                        part = engine(shard if len(shard) else micro[:1], done_share, gen, stand_in=not len(shard))
+                    loss_sum, terms, targets, patched = dist.sum(float(part.total.detach()), part.terms, part.targets,
+                                                              part.share * part.targets)
+                    # DDP averages gradients over ranks: scale so that the result is the global micro-batch's mean
+                    (part.total * (dist.world / max(terms, 1) / cfg.grad_accum)).backward()
+                step_loss += loss_sum / max(terms, 1) / cfg.grad_accum
+                step_shares.append(patched / max(targets, 1))
+                n_samples += int(targets)
+            norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            if not (math.isfinite(step_loss) and math.isfinite(norm)):  # never an update from NaN/inf
+                raise NonFiniteLoss(f"{out_dir}: step {step + 1}: loss {step_loss} / gradient norm {norm} is not "
+                                    f"finite (lr {base_lrs[0] * factor:.3g}); lower the learning rate or check the "
+                                    "data")
+            optimizer.step()
+            with dist.gathered(engine):
+                objective.refresh(model)
+            seconds = dist.max(time.perf_counter() - step_t0)  # every rank stops a time budget at the same step
+            elapsed += seconds
+            losses.append(step_loss)
+            shares.append(float(np.mean(step_shares)))
+            speeds.append((n_samples - step_n) / max(seconds, 1e-9))
+            if bar is not None:
+                bar.update(min(seconds, budget - bar.n) if budget else 1)
+                bar.set_postfix(step=step + 1, loss=f"{step_loss:.3f}", targets_s=f"{speeds[-1]:.1f}")
+            done = step + 1
+            if cfg.curve_every_s and elapsed >= (len(curve) + 1) * cfg.curve_every_s:
+                take_probe(done)
+            if (is_main or dist.sharded) and done % cfg.checkpoint_every == 0:
+                run.update(samples=n_samples, seconds=elapsed)
+                save_checkpoint(ckpt_dir / f"step_{done}", model, optimizer, done, {"run": run}, cfg.keep_checkpoints,
+                                dist)
+            signum = int(dist.max(float(stopping.requested() or 0)))  # every rank stops at the same step
+            if signum:  # SIGTERM / SIGINT: a resumable checkpoint, then stop
+                if (is_main or dist.sharded) and done % cfg.checkpoint_every:
+                    run.update(samples=n_samples, seconds=elapsed)
+                    save_checkpoint(ckpt_dir / f"step_{done}", model, optimizer, done, {"run": run},
+                                    cfg.keep_checkpoints, dist)
+                if bar is not None:
+                    bar.close()
+                raise stopping.Stopped(f"{out_dir}: stopped by {signal.Signals(signum).name} after step {done} of "
+                                       f"{stop}; checkpoint {ckpt_dir / f'step_{done}'}; run again to resume", signum)
     if bar is not None:
         bar.close()
     if not losses:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from patchrec.config import DataConfig
-from patchrec.data.formats import format_traits
+from patchrec.data.formats import SourceError, format_traits
 from patchrec.data.generations import cache_dir
 from patchrec.io import read_json, write_json, write_parquet
 from patchrec.sql import connect, relation
@@ -77,6 +77,13 @@ def build_splits(cfg: DataConfig, out: Path) -> SplitReport:
     users = counts.pop("users", 0)
     report = SplitReport(protocol, cfg.min_history, cfg.max_history, int(users),
                          {s: int(counts.get(s, 0)) for s in SPLITS})
+    empty = [s for s in SPLITS if report.samples[s] == 0]
+    if empty:  # a generation nothing can train, validate or test on is never published
+        lengths = pq.read_table(out / "sequences.parquet", columns=["items"]).column("items").combine_chunks()
+        longest = int(max(lengths.value_lengths().to_pylist(), default=0))
+        raise SourceError(f"{out}: split(s) {empty} have no sample (samples {report.samples}; protocol {protocol}, "
+                          f"{users} users, longest history {longest} items, a target needs min_history="
+                          f"{cfg.min_history} earlier items): lower min_history or add data")
     write_json(report.to_dict(), out / "splits.json")
     return report
 
@@ -113,6 +120,8 @@ class SequenceStore:
 def sample_split(store: SequenceStore, split: str, max_samples: int | None, seed: int) -> np.ndarray:
     """The sample indices of `split`, or a sorted random subset of `max_samples` of them (fixed by `seed`)."""
     idx = store.indices(split)
+    if len(idx) == 0:
+        raise ValueError(f"split {split!r} has no sample to rank: the metrics of an empty split are undefined")
     if max_samples and len(idx) > max_samples:
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_samples, replace=False))
     return idx
