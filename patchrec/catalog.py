@@ -52,9 +52,9 @@ def build_catalog_table(data_dir: Path, out_dir: Path, mcfg: ModelConfig, prompt
     store = SequenceStore(data_dir, max_history=max_history)
     idx = store.indices(split)[:max_samples]
     hists = [store.sample(int(i))[0] for i in idx]
-    tokens: dict[str, float] = {}
+    tokens: dict[str, float] = {name: 0.0 for name in PROMPT_LAYOUTS}  # an empty split: no prompt to measure
     with torch.no_grad():
-        for name, (layout, k, group) in PROMPT_LAYOUTS.items():
+        for name, (layout, k, group) in PROMPT_LAYOUTS.items() if hists else ():
             lengths = torch.tensor([len(h) for h in hists], dtype=torch.long)
             kinds, groups = layout_kinds(lengths, layout, k=k, group=group)
             flat = (

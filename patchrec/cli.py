@@ -44,6 +44,9 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
     print(f"  users {s['users']:,}  items {s['items']:,}  interactions {s['interactions']:,}")
     smp = s["samples"]
     print(f"  samples ({s['protocol']}): train {smp['train']:,}  val {smp['val']:,}  test {smp['test']:,}")
+    if ignored := s.get("files_ignored"):
+        print(f"  not read (they look like data, the format does not read them): {', '.join(ignored[:20])}"
+              f"{' ...' if len(ignored) > 20 else ''}")
 
 
 def _cmd_data_formats(args: argparse.Namespace) -> int:

@@ -70,6 +70,10 @@ def record_data(cfg: PipelineConfig, summary: dict[str, Any], parent: str | None
     """
     out = cfg.data.out.resolve()  # the generation itself: later stages read it even after a newer one is published
     manifest = read_manifest(out, "prepare")
+    counts = {s: int(manifest.metrics.get(f"samples_{s}", 0)) for s in ("train", "val", "test")}
+    if not all(counts.values()):  # training needs train samples, promotion val, the report test
+        raise ValueError(f"{out}: a split has no sample ({counts}); the pipeline trains on train, promotes on val "
+                         "and reports test: lower data.min_history, change data.split_ratios or add data")
     record = StageRecord.of(out, manifest, reused=not summary["changed"])
     with _tracker(cfg, parent).run("prepare-data", {"patchrec.fingerprint": record.fingerprint,
                                                     "patchrec.reused": str(record.reused)}):

@@ -1,6 +1,14 @@
 -- Staged item rows -> every row with a status: 'kept' or 'quarantined' (with a reason).
+-- A title is visible when something remains after removing whitespace, separators, control and format
+-- characters (zero-width, BOM, soft hyphen), lone combining marks and the Hangul / Braille blank fillers.
 with staged as (
-    select *, list_position($staged, filename) as file_rank, file_row_number + 1 as src_row
+    select
+        *,
+        list_position($staged, filename) as file_rank,
+        file_row_number + 1 as src_row,
+        regexp_replace(
+            coalesce(title, ''), '[\s\p{Z}\p{Cc}\p{Cf}\p{M}\x{115F}\x{1160}\x{3164}\x{FFA0}\x{2800}]', '', 'g'
+        ) <> '' as visible
     from read_parquet($staged, filename = true, file_row_number = true)
 ),
 
@@ -8,7 +16,7 @@ ranked as (
     select
         *,
         row_number() over (
-            partition by item_key, stage_reason is null and coalesce(title, '') <> ''
+            partition by item_key, stage_reason is null and visible
             order by file_rank, src_row
         ) as key_rank
     from staged
@@ -27,6 +35,7 @@ checked as (
             when stage_reason is not null then stage_reason
             when item_key is null then 'missing item id'
             when title is null or title = '' then 'title is empty'
+            when not visible then 'title has no visible character'
             when key_rank > 1 then 'duplicate item id (its first row is kept)'
         end as reason
     from ranked

@@ -15,10 +15,13 @@ from typing import Any, Literal
 
 from patchrec.config import DataConfig, GenericSource, TableSource
 
-__all__ = ["FileSpec", "SourceError", "format_traits", "plan_files"]
+__all__ = ["DATA_SUFFIXES", "FileSpec", "SourceError", "format_traits", "ignored_files", "plan_files"]
 
 Role = Literal["interactions", "items", "item_map"]
 _JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+# what a data file is usually called: a file like this in the raw folder that the format does not read is named
+DATA_SUFFIXES = (".csv", ".tsv", ".dat", ".data", ".txt", ".json", ".jsonl", ".parquet", ".inter", ".item", ".user",
+                 ".item1", ".base", ".test")
 
 
 class SourceError(ValueError):
@@ -80,10 +83,29 @@ def plan_files(cfg: DataConfig) -> list[FileSpec]:
         "generic": lambda r: _generic(r, cfg.source),
     }[cfg.format]
     specs = planner(raw)
+    inside = raw.resolve()
+    for spec in specs:
+        if inside not in spec.path.resolve().parents:
+            raise SourceError(f"{spec.path} resolves outside the raw folder {raw} ({spec.path.resolve()}: a link?); "
+                              "copy the file into the folder instead")
     for role in ("interactions", "items"):
         if not any(s.role == role for s in specs):
             raise SourceError(f"{raw}: no {role} file found for format {cfg.format!r}")
     return specs
+
+
+def ignored_files(raw: Path, specs: list[FileSpec], limit: int = 10_000) -> list[str]:
+    """Files under `raw` that look like data (`DATA_SUFFIXES`, also gzipped) but that no spec reads."""
+    raw = Path(raw)
+    read = {s.path.resolve() for s in specs}
+    out = []
+    for i, path in enumerate(sorted(raw.rglob("*"))):
+        if i >= limit:
+            break
+        name = path.name.lower().removesuffix(".gz")
+        if path.is_file() and name.endswith(DATA_SUFFIXES) and path.resolve() not in read:
+            out.append(path.relative_to(raw).as_posix())
+    return out
 
 
 def _need(raw: Path, name: str, what: str) -> Path:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from patchrec.config import DataConfig
-from patchrec.data.formats import FileSpec, SourceError, format_traits, plan_files
+from patchrec.data.formats import FileSpec, SourceError, format_traits, ignored_files, plan_files
 from patchrec.data.generations import cache_dir
 from patchrec.data.lines import LineScan, original_line, scan_lines, without_lines
 from patchrec.data.windows import rebuild_windows
@@ -44,6 +44,7 @@ _REJECT_SCHEMA = pa.schema(
 )
 _SCRATCH = "snappy"  # compression of staged and work files: written once, read a few times
 _KEY_SCHEMA = pa.schema([("key", pa.string()), ("idx", pa.int32())])
+_DELIMITER_NAMES = {"\t": "tab", ",": "comma", "|": "'|'", "::": "'::'", ";": "semicolon", "\x01": "record separator"}
 
 
 class IngestError(RuntimeError):
@@ -79,6 +80,7 @@ class IngestReport:
     changed: bool = True
     files_new: list[str] = field(default_factory=list)
     files_removed: list[str] = field(default_factory=list)
+    files_ignored: list[str] = field(default_factory=list)  # look like data, not read by this format
     config_fingerprint: str = ""
     seconds: float = 0.0
 
@@ -116,9 +118,12 @@ def _stage(spec: FileSpec, cfg: DataConfig, cache: Path, sha: str, work: Path) -
             raise IngestError(f"cannot read {spec.path} as {cfg.format} ({spec.role}): {exc}") from exc
         if scan.data_lines == 0:
             raise SourceError(f"{spec.path}: no data lines{' after the header' if spec.header else ''}")
-        if scan.unterminated:
-            source = without_lines(spec.path, scan.unterminated, work / f"{sha}.cleaned", spec.encoding)
+        latin1 = spec.encoding == "latin-1"
+        if scan.dropped or latin1:
+            source = without_lines(spec.path, scan.dropped, work / f"{sha}.cleaned", spec.encoding, to_utf8=latin1)
     params = dict(spec.params, path=str(source), source_file=name)
+    if source != spec.path and spec.encoding == "latin-1":
+        params["encoding"] = "utf-8"  # the copy was re-encoded
     if spec.parse_rejects:
         params["max_line_bytes"] = cfg.max_line_bytes
     con = connect(cfg.memory_limit, temp_dir=cache / "spill")
@@ -126,7 +131,10 @@ def _stage(spec: FileSpec, cfg: DataConfig, cache: Path, sha: str, work: Path) -
         write_parquet(relation(con, spec.sql, **params), staged, _SCRATCH)
         parsed = (
             relation(
-                con, "stg_parse_rejects", source_file=name, max_line_bytes=cfg.max_line_bytes, encoding=spec.encoding
+                con, "stg_parse_rejects", source_file=name, max_line_bytes=cfg.max_line_bytes, encoding=spec.encoding,
+                delimiter=str(spec.params.get("delimiter", "")),
+                delimiter_name=_DELIMITER_NAMES.get(str(spec.params.get("delimiter", "")),
+                                                    repr(spec.params.get("delimiter", ""))),
             ).to_arrow_table()
             if spec.parse_rejects
             else _REJECT_SCHEMA.empty_table()
@@ -151,7 +159,7 @@ def _rejects(parsed: pa.Table, scan: LineScan | None, name: str) -> pa.Table:
     parsed = parsed.select(_REJECT_SCHEMA.names).cast(_REJECT_SCHEMA)
     if scan is None:
         return parsed
-    lines = [original_line(n, scan.unterminated) for n in parsed.column("line").to_pylist()]
+    lines = [original_line(n, scan.dropped) for n in parsed.column("line").to_pylist()]
     parsed = parsed.set_column(1, "line", pa.array(lines, pa.int64()))
     early = pa.table({"source_file": [name] * len(scan.rejects), "line": [r[0] for r in scan.rejects],
                       "reason": [r[1] for r in scan.rejects], "raw": [r[2] for r in scan.rejects]},
@@ -182,9 +190,13 @@ def ingest(cfg: DataConfig, folder: Path, previous: Path | None, progress: bool 
     cache = cache_dir(cfg.out)
     old_state = None if (cfg.rebuild or previous is None) else previous / "_state"
     specs = plan_files(cfg)
+    ignored = ignored_files(raw, specs)
+    if ignored:
+        log.warning("%s: %d file(s) look like data but are not read as %s: %s", raw, len(ignored), cfg.format,
+                    ", ".join(ignored[:20]) + (" ..." if len(ignored) > 20 else ""))
     manifest: dict[str, dict[str, Any]] = (read_json(old_state / "manifest.json")["files"]
                                            if old_state and (old_state / "manifest.json").exists() else {})
-    report = IngestReport(format=cfg.format, config_fingerprint=_fingerprint(cfg))
+    report = IngestReport(format=cfg.format, config_fingerprint=_fingerprint(cfg), files_ignored=ignored)
 
     current = {_rel(s, raw): s for s in specs}
     digests = {name: file_digest(s.path) for name, s in current.items()}
@@ -207,7 +219,7 @@ def ingest(cfg: DataConfig, folder: Path, previous: Path | None, progress: bool 
     if not new and previous is not None and old_state is not None:
         old = read_json(previous / "ingest.json")
         if old.get("config_fingerprint") == report.config_fingerprint:
-            old.update(changed=False, files_new=[], files_removed=report.files_removed)
+            old.update(changed=False, files_new=[], files_removed=report.files_removed, files_ignored=ignored)
             return IngestReport(**old)
 
     work = folder / "_state" / "work"
@@ -321,7 +333,12 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path, ou
     if not traits.windows and report.rows_read != report.lines_read:
         raise IngestError(f"counts do not add up: {report.lines_read} data lines read, {report.rows_read} rows checked")
     if report.rows_read and report.interactions == 0:
-        raise IngestError(f"no interaction survived ingestion of {cfg.raw}; see {out / 'quarantine.parquet'}")
+        why = {"quarantined (see quarantine.parquet)": report.rows_quarantined,
+               "duplicates": report.rows_deduplicated,
+               f"below min_rating={cfg.min_rating}": report.rows_filtered_rating,
+               f"removed by the {cfg.kcore}-core filter": report.rows_filtered_kcore}
+        raise IngestError(f"no interaction survived ingestion of {cfg.raw}: of {report.rows_read} rows read, "
+                          + ", ".join(f"{n} {what}" for what, n in why.items() if n))
     shutil.rmtree(work, ignore_errors=True)
 
 

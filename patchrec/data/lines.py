@@ -2,9 +2,12 @@
 
 rows_read counts every physical line after the header, so a parser that stops early or merges lines
 is caught by the count identity instead of losing rows silently. Lines the parser would mishandle are
-found here first: an empty line (the CSV reader skips it) and a line with an unterminated quote (the
-CSV reader would read every later line as part of one quoted field). Both become reject rows; the
-unterminated ones are also removed from the copy the parser reads. A record must be one physical line.
+found here first: an empty line (the CSV reader skips it), a blank one (it would report a wrong column
+count), a line with an unterminated quote (the CSV reader would read every later line as part of one
+quoted field) and a line with a bare carriage return inside it (the CSV reader ends a record there, so
+one line would become two). All become reject rows with their line number and a reason naming the
+defect; all but the empty ones are also removed from the copy the parser reads. A record must be one
+physical line.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ class LineScan:
 
     data_lines: int = 0
     rejects: list[tuple[int, str, str]] = field(default_factory=list)  # (line number, reason, raw text)
-    unterminated: list[int] = field(default_factory=list)  # line numbers, ascending
+    dropped: list[int] = field(default_factory=list)  # line numbers removed from the parser's copy, ascending
 
 
 def _open(path: Path, encoding: str) -> IO[bytes] | IO[str]:
@@ -48,7 +51,8 @@ def _lines(path: Path, encoding: str) -> Iterator[tuple[int, bytes | str]]:
 def scan_lines(
     path: Path, *, header: bool, quote: str, encoding: str, empty_reason: str | None = "empty line"
 ) -> LineScan:
-    """Count the data lines of `path` and find empty lines and lines with an odd number of `quote` characters.
+    """Count the data lines of `path`; find empty lines, lines with a CR inside them, and lines with an odd
+    number of `quote` characters.
 
     Args:
         path: a text file, plain or .gz.
@@ -61,6 +65,7 @@ def scan_lines(
     text_mode = encoding.startswith("utf-16")
     q: bytes | str = quote if text_mode else quote.encode()
     eol: bytes | str = "\r\n" if text_mode else b"\r\n"
+    cr: bytes | str = "\r" if text_mode else b"\r"
     for no, line in _lines(path, encoding):
         if header and no == 1:
             continue
@@ -69,21 +74,36 @@ def scan_lines(
         if not body:
             if empty_reason is not None:
                 scan.rejects.append((no, empty_reason, ""))
+        elif empty_reason is not None and not body.strip():  # type: ignore[union-attr]
+            scan.dropped.append(no)  # the parser would call it a wrong column count
+            scan.rejects.append((no, "blank line (only whitespace)", _text(body, encoding)))
+        elif (col := body.find(cr)) >= 0:  # type: ignore[arg-type]
+            scan.dropped.append(no)
+            scan.rejects.append((no, f"carriage return (CR) inside the line at character {col + 1} (a record must "
+                                 "be one line; a bare CR would split it)", _text(body, encoding)))
         elif quote and body.count(q) % 2 == 1:  # type: ignore[arg-type]
-            scan.unterminated.append(no)
-            text = body if isinstance(body, str) else body.decode(encoding, errors="replace")
-            scan.rejects.append((no, f"unterminated {quote} quote (a record must be one line)", text[:RAW_CHARS]))
+            scan.dropped.append(no)
+            scan.rejects.append((no, f"unterminated {quote} quote (a record must be one line)", _text(body, encoding)))
     return scan
 
 
-def without_lines(path: Path, drop: list[int], target: Path, encoding: str) -> Path:
-    """Copy `path` (decompressed) to `target` without the given line numbers; atomically."""
+def _text(body: bytes | str, encoding: str) -> str:
+    text = body if isinstance(body, str) else body.decode(encoding, errors="replace")
+    return text[:RAW_CHARS]
+
+
+def without_lines(path: Path, drop: list[int], target: Path, encoding: str, to_utf8: bool = False) -> Path:
+    """Copy `path` (decompressed) to `target` without the given line numbers; atomically. With `to_utf8` the
+    copy is re-encoded from `encoding` to UTF-8 (every latin-1 byte is a character; DuckDB's latin-1 reader
+    refuses a whole file for one byte in 0x80-0x9f)."""
     skip = set(drop)
     text_mode = encoding.startswith("utf-16")
     with atomic_path(target) as tmp:
         with open(tmp, "w", encoding=encoding, newline="") if text_mode else open(tmp, "wb") as out:
             for no, line in _lines(path, encoding):
                 if no not in skip:
+                    if to_utf8 and isinstance(line, bytes):
+                        line = line.decode(encoding).encode("utf-8")
                     out.write(line)  # type: ignore[arg-type]
     return target
 

@@ -30,7 +30,7 @@ def summarize(
     """
     keys = ("format", "rows_read", "lines_read", "rows_accepted", "rows_quarantined", "rows_deduplicated",
             "rows_filtered", "rows_filtered_rating", "rows_filtered_kcore", "users", "items", "interactions",
-            "items_read", "items_quarantined", "changed", "files_new", "files_removed")
+            "items_read", "items_quarantined", "changed", "files_new", "files_removed", "files_ignored")
     summary = {
         **{k: ingest_report[k] for k in keys},
         "protocol": split_report["protocol"],
@@ -50,7 +50,8 @@ def summarize(
 def unchanged_summary(previous: Path, report: dict[str, Any]) -> dict[str, Any]:
     """The published generation's summary, marked unchanged (no new raw file, same settings)."""
     summary = read_json(Path(previous) / "prepare.json")
-    summary.update(changed=False, files_new=[], files_removed=report["files_removed"])
+    summary.update(changed=False, files_new=[], files_removed=report["files_removed"],
+                   files_ignored=report["files_ignored"])
     return summary
 
 

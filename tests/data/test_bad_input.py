@@ -138,3 +138,58 @@ def test_kcore_filter_is_counted(tmp_path, prepare):
     )
     s = prepare("generic", raw, source=source, kcore=2, min_history=1)
     assert (s["rows_filtered_kcore"], s["rows_accepted"], s["users"]) == (1, 4, 2) and _balanced(s)
+
+
+@pytest.mark.parametrize("title", ["\u200b\u200c", "\u00a0\u3000 ", "\ufeff", "\u3164", "\u2060\u00ad", "\u0301"])
+def test_title_without_a_visible_character_quarantines_the_item(prepare, tmp_path, title):
+    """Audit: such titles were kept as items and the catalog stage then failed for the whole dataset."""
+    from patchrec.config import GenericSource
+
+    raw = tmp_path / "raw"
+    write(raw / "events.csv", "u,i,t\n" + "".join(f"u{u},i{(u + k) % 8},{1_000_000_000 + 100 * u + k}\n"
+                                                  for u in range(6) for k in range(6)))
+    write(raw / "items.csv", "id,title\n" + "".join(f"i{i},{title if i == 2 else f'Thing {i}'}\n" for i in range(8)))
+    source = GenericSource.model_validate({
+        "interactions": {"path": "events.csv", "user": "u", "item": "i", "time": "t"},
+        "items": {"path": "items.csv", "id": "id", "title": "title"}})
+    s = prepare("generic", raw, source=source, min_history=1)
+    q = _quarantine(tmp_path / "out")
+    assert s["items"] == 7 and s["items_quarantined"] == 1 and _balanced(s)
+    (reason,) = q[q.stage == "items"].reason  # trimmed to nothing when all of it is whitespace
+    assert reason in ("title has no visible character", "title is empty")
+    assert "i2" not in set(pd.read_parquet(tmp_path / "out" / "items.parquet").item_key)
+
+
+def test_latin1_catalog_with_c1_bytes_is_read_not_refused(ml100k_dir, prepare):
+    """A latin-1 file may hold bytes 0x80-0x9f (cp1252 punctuation): DuckDB refused the whole file."""
+    text = (ml100k_dir / "u.item").read_bytes().replace(b"Movie 2 (1992)", b"Movie \x92two\x85 (1992)")
+    write(ml100k_dir / "u.item", text)
+    s = prepare("movielens-100k", ml100k_dir)
+    assert s["items"] == 8 and s["items_quarantined"] == 0
+
+
+def test_nan_and_out_of_range_settings_are_refused():
+    """Audit: NaN, infinite, negative and zero values reached training, manifests and promotion."""
+    from pydantic import ValidationError
+
+    from patchrec.config import DataConfig, ModelConfig, TrainConfig
+    from patchrec.profiles import load_pipeline
+
+    bad_train = {"max_grad_norm": -1.0, "lr": float("inf"), "weight_decay": -0.1, "lora_r": 0, "lora_alpha": 0,
+                 "lora_dropout": 1.0}
+    for key, value in bad_train.items():
+        with pytest.raises(ValidationError, match=key):
+            TrainConfig(stage="pft", layout="item", **{key: value})
+    with pytest.raises(ValidationError, match="max_grad_norm"):
+        TrainConfig(stage="pft", layout="item", max_grad_norm=float("nan"))
+    for field in ("tiny_hidden", "tiny_layers"):
+        with pytest.raises(ValidationError, match=field):
+            ModelConfig(**{field: 0})
+    for kw in ({"split_ratios": (float("nan"), 0.5, 0.5)}, {"min_rating": float("nan")},
+               {"max_future_days": -1.0}, {"split_ratios": (0.0, 0.5, 0.5)}):
+        with pytest.raises(ValidationError):
+            DataConfig(format="movielens-100k", raw="r", out="o", **kw)
+    for key, value in (("registry.margin", float("nan")), ("test.length_penalty", float("inf")),
+                       ("pft.max_grad_norm", float("nan")), ("registry.min_val_samples", 0)):
+        with pytest.raises(ValueError, match=key.split(".")[1]):
+            load_pipeline("tiny", {key: value})

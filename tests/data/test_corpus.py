@@ -97,10 +97,11 @@ class Case:
 
 CASES = [
     # wrong shape
-    Case("movielens-100k", "1,2,5,1000000000", "wrong column count"),
-    Case("movielens-100k", "1\t2\t5", "wrong column count"),
-    Case("movielens-100k", "1\t2\t5\t1000000000\textra", "wrong column count"),
-    Case("movielens-100k", "   ", "wrong column count"),
+    Case("movielens-100k", "1,2,5,1000000000", "no tab in the line: wrong delimiter?"),
+    Case("movielens-100k", "1\t2\t5", "wrong column count (Expected Number of Columns: 4 Found: 3): too few"),
+    Case("movielens-100k", "1\t2\t5\t1000000000\textra", "too many fields"),
+    Case("movielens-100k", "   ", "blank line (only whitespace)"),
+    Case("movielens-100k", "1\t2\r\t5\t1000000000", "carriage return (CR) inside the line at character 4"),
     Case("movielens-100k", "", "empty line"),
     Case("movielens-dat", "1::2::5", "wrong column count"),
     Case("movielens-dat", "1:2:5:1000000000", "wrong column count"),
@@ -108,10 +109,13 @@ CASES = [
     Case("movielens-csv", '1,"2,4.0,880000000', "unterminated \" quote"),
     Case("movielens-csv", '"1,2,4.0,880000000', "unterminated \" quote"),
     Case("movielens-csv", "", "empty line"),
+    Case("movielens-csv", '1,2,4.0,1000000000\r\r5', "carriage return (CR) inside the line"),
+    Case("movielens-csv", "\t", "blank line"),
     Case("recbole", "1\t2", "wrong column count"),
     Case("recbole", "", "empty line"),
     Case("generic", 'u1,"i2,1000000000', "unterminated \" quote"),
     Case("generic", "u1,i2", "wrong column count"),
+    Case("generic", "u1,i2\r,1000000000", "carriage return (CR) inside the line at character 6"),
     # ids
     Case("movielens-100k", "u1\t2\t5\t1000000000", "user id is not an integer"),
     Case("movielens-100k", "1\titem\t5\t1000000000", "item id is not an integer"),
@@ -145,6 +149,7 @@ CASES = [
     Case("amazon-json", "", "line is not a JSON object: empty line"),
     Case("amazon-json", "   ", "line is not a JSON object"),
     Case("amazon-json", _review({"id": 1}, "A2"), "user id is a JSON object"),
+    Case("amazon-json", _review("U1\r", "A2").replace("\\r", "\r"), "carriage return (CR) inside the line"),
     Case("amazon-json", _review("U1", ["A2"]), "item id is a JSON array"),
     Case("amazon-json", _review("U1", "A2", t=86400), "timestamp is before 1995-01-01"),
     Case("amazon-json", _review("U1", "A2", r=1e300), "rating is out of range"),

@@ -10,6 +10,7 @@ import pytest
 
 from patchrec.config import DataConfig
 from patchrec.data.formats import SourceError
+from patchrec.data.ingest import IngestError
 from patchrec.data.validation import ValidationFailed
 from tests.conftest import write
 
@@ -176,3 +177,38 @@ def test_truncated_last_line_is_quarantined(ml100k_dir, prepare, tmp_path):
     q = pd.read_parquet(tmp_path / "out" / "quarantine.parquet")
     assert s["rows_read"] == 37 and s["rows_quarantined"] == 1
     assert q.reason.tolist() == ["timestamp is before 1995-01-01: 88"]
+
+
+def test_amazon_json_link_leaving_raw_is_refused(tmp_path):
+    """Audit: the amazon-json reader followed a link out of --raw (the generic format refused it)."""
+    from patchrec.data.formats import plan_files
+
+    outside = write(tmp_path / "elsewhere" / "reviews.json", '{"reviewerID": "U", "asin": "A", "overall": 5}\n')
+    raw = tmp_path / "raw"
+    write(raw / "meta.json", '{"asin": "A", "title": "T"}\n')
+    os.symlink(outside, raw / "reviews.json")
+    with pytest.raises(SourceError, match=r"reviews\.json resolves outside the raw folder"):
+        plan_files(DataConfig(format="amazon-json", raw=raw, out=tmp_path / "o"))
+
+
+def test_files_that_look_like_data_and_are_not_read_are_named(ml100k_dir, prepare, caplog):
+    write(ml100k_dir / "u1.base", "1\t1\t5\t1000000000\n")
+    write(ml100k_dir / "extra" / "ratings-2.csv.gz", b"")
+    write(ml100k_dir / "README", "notes")
+    with caplog.at_level("WARNING", logger="patchrec.data.ingest"):
+        s = prepare("movielens-100k", ml100k_dir)
+    assert s["files_ignored"] == ["extra/ratings-2.csv.gz", "u1.base"]
+    assert "extra/ratings-2.csv.gz, u1.base" in caplog.text and "README" not in caplog.text
+
+
+def test_min_history_above_every_history_publishes_nothing(ml100k_dir, prepare, tmp_path):
+    """Audit: --min-history above every history validated and published a generation with 0 samples."""
+    with pytest.raises(SourceError, match=r"no training sample .*longest history 6 items.*min_history=50"):
+        prepare("movielens-100k", ml100k_dir, min_history=50)
+    assert not (tmp_path / "out").exists()
+
+
+def test_nothing_survives_says_why(ml100k_dir, prepare):
+    """Audit: with every row filtered by rating the error said 'see quarantine.parquet'."""
+    with pytest.raises(IngestError, match=r"of 36 rows read, 36 below min_rating=6\.0$"):
+        prepare("movielens-100k", ml100k_dir, min_rating=6.0)
