@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -16,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-__all__ = ["atomic_path", "file_digest", "file_lock", "read_json", "write_json", "write_parquet"]
+__all__ = ["WriteError", "atomic_path", "file_digest", "file_lock", "read_json", "write_json", "write_parquet"]
 
 
 @contextlib.contextmanager
@@ -41,10 +42,31 @@ def atomic_path(target: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+class WriteError(OSError):
+    """A table could not be written (disk full, file-size limit, permissions); the message names the file."""
+
+
+def _io_cause(exc: Exception) -> str:
+    """The operating system's words in a DuckDB I/O error ("File too large", "No space left on device")."""
+    text = str(exc).strip()
+    found = re.search(r'"exception_message":"((?:[^"\\]|\\.)*)"', text)
+    message = found.group(1).replace('\\"', '"') if found else text.splitlines()[0]
+    errno = re.search(r'"errno":"(\d+)"', text)
+    cause = message.rsplit(": ", 1)[-1]
+    return f"{cause} (errno {errno.group(1)})" if errno else cause
+
+
 def write_parquet(rel: duckdb.DuckDBPyRelation, target: Path, compression: str = "zstd") -> Path:
-    """Stream a DuckDB relation to `target` as Parquet, atomically (snappy suits scratch files)."""
+    """Stream a DuckDB relation to `target` as Parquet, atomically (snappy suits scratch files).
+
+    Raises:
+        WriteError: DuckDB could not write it (an I/O error, not a problem of the input); names `target`.
+    """
     with atomic_path(target) as tmp:
-        rel.write_parquet(str(tmp), compression=compression)
+        try:
+            rel.write_parquet(str(tmp), compression=compression)
+        except (duckdb.IOException, duckdb.OutOfMemoryException) as exc:
+            raise WriteError(f"cannot write {target}: {_io_cause(exc)}") from exc
     return Path(target)
 
 

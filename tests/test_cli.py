@@ -30,7 +30,8 @@ def test_help_everywhere(cmd, capsys):
 def test_prepare_json(ml100k_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "patchrec.cli", "data", "prepare", "--format", "movielens-100k", "--raw",
-         str(ml100k_dir), "--out", str(tmp_path / "out"), "--json", "--min-rating", "4"],
+         str(ml100k_dir), "--out", str(tmp_path / "out"), "--json", "--min-rating", "4",
+         "--min-history", "1"],
         capture_output=True, text=True, check=True,
     )
     s = json.loads(proc.stdout)

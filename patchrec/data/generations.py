@@ -2,9 +2,11 @@
 
 `out` is a symbolic link to `<out>.generations/gen-<id>`. A new generation is built and validated in
 `<out>.generations/build-<id>`, renamed to `gen-<id>`, and published by replacing the link in one
-rename, so a crash or a failed validation at any point leaves `out` on the previous generation. Raw
-files staged once are shared by every generation in `<out>.generations/cache`. One preparation at a
-time per folder (a lock file); the current and the previous generation are kept, older ones removed.
+rename, so a crash or a failed validation at any point leaves `out` on the previous generation; a build
+that is not published is removed when its preparation ends, and a generation a crash left renamed but
+unlinked (an orphan) by the next preparation. Raw files staged once are shared by every generation in
+`<out>.generations/cache`. One preparation at a time per folder (a lock file); the current and the
+previous published generation are kept, older ones removed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from patchrec import faults
 from patchrec.contract import MANIFEST
 from patchrec.data.formats import SourceError
 
@@ -108,10 +111,17 @@ class Build:
             raise SourceError(f"{self.path} has no {MANIFEST}: an unfinished generation is never published")
         gen = self.path.parent / self.path.name.replace("build-", "gen-", 1)
         os.replace(self.path, gen)
+        faults.point("generations.renamed")
         _link(self.out, gen)
         self.path, self.published = gen, True
         _prune(self.out)
         return gen
+
+
+def _orphans(out: Path, published: Path | None) -> list[Path]:
+    """Generations renamed into place but never linked (a crash between the two): every `gen-*` newer than
+    the published one, since generations are published in the order they are built, one at a time."""
+    return [g for g in root(out).glob("gen-*") if g != published and (published is None or g.name > published.name)]
 
 
 def _prune(out: Path) -> None:
@@ -123,8 +133,8 @@ def _prune(out: Path) -> None:
 
 @contextlib.contextmanager
 def building(out: Path) -> Iterator[Build]:
-    """Lock `out`, yield a new build folder beside its generations; an unpublished build is left for
-    inspection (its name says build-) and removed by the next preparation.
+    """Lock `out`, yield a new build folder beside its generations; an unpublished build is removed on the
+    way out (a failure's partial tables never keep their disk space).
 
     Raises:
         SourceError: another preparation holds the lock, or `out` is something else than a prepared folder.
@@ -142,10 +152,12 @@ def building(out: Path) -> Iterator[Build]:
         previous = current(out)
         for stale in base.glob("build-*"):
             shutil.rmtree(stale, ignore_errors=True)
+        for orphan in _orphans(out, previous):
+            shutil.rmtree(orphan, ignore_errors=True)
         build = Build(out, base / f"build-{_new_id()}", previous)
         build.path.mkdir()
         try:
             yield build
         finally:
-            if not build.published and not any(build.path.iterdir()):
-                build.path.rmdir()  # nothing was built (unchanged input)
+            if not build.published:  # failed or unchanged: its space is freed now, not by the next run
+                shutil.rmtree(build.path, ignore_errors=True)

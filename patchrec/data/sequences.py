@@ -77,12 +77,12 @@ def build_splits(cfg: DataConfig, out: Path) -> SplitReport:
     users = counts.pop("users", 0)
     report = SplitReport(protocol, cfg.min_history, cfg.max_history, int(users),
                          {s: int(counts.get(s, 0)) for s in SPLITS})
-    if report.samples["train"] == 0:  # a generation nothing can be trained on is never published
+    if not any(report.samples.values()):  # a generation without a single sample is never published
         lengths = pq.read_table(out / "sequences.parquet", columns=["items"]).column("items").combine_chunks()
         longest = int(max(lengths.value_lengths().to_pylist(), default=0))
-        raise SourceError(f"{cfg.raw}: no training sample (samples {report.samples}; protocol {protocol}, {users} "
-                          f"users, longest history {longest} items; a target needs min_history={cfg.min_history} "
-                          "earlier items): lower min_history or add data")
+        raise SourceError(f"{cfg.raw}: no sample in any split (protocol {protocol}, {users} users, longest history "
+                          f"{longest} items; a target needs min_history={cfg.min_history} earlier items): lower "
+                          "min_history or add data")
     write_json(report.to_dict(), out / "splits.json")
     return report
 

@@ -78,3 +78,56 @@ def test_kill_during_nightly_reprepare_never_publishes_a_mix(tmp_path):
     assert _check_published(out) == old + 240
     assert len(list((tmp_path / "out.generations").glob("gen-*"))) <= 2
     assert not list((tmp_path / "out.generations").glob("build-*"))
+
+
+def test_kill_between_rename_and_link_keeps_the_generation_published_before(tmp_path):
+    """Audit: the orphan (renamed, never linked) was kept as "previous" and the generation that really was
+    published before it was pruned."""
+    import os
+
+    raw, out, source = tmp_path / "raw", tmp_path / "out", tmp_path / "source.yaml"
+    write(source, yaml.safe_dump(SOURCE))
+    write(raw / "items.csv", "id,title\n" + "".join(f"i{k},Item {k}\n" for k in range(20)))
+    write(raw / "events-1.csv", _events(0, 30))
+    assert _prepare(raw, out, source).wait(timeout=300) == 0
+    first = out.resolve()
+    write(raw / "events-2.csv", _events(30, 20))
+    os.environ["PATCHREC_KILL_AT"] = "generations.renamed"
+    try:
+        killed = _prepare(raw, out, source)
+    finally:
+        del os.environ["PATCHREC_KILL_AT"]
+    assert killed.wait(timeout=300) == -signal.SIGKILL
+    assert out.resolve() == first and len(list((tmp_path / "out.generations").glob("gen-*"))) == 2  # an orphan
+    write(raw / "events-3.csv", _events(50, 10))
+    done = _prepare(raw, out, source)
+    assert done.wait(timeout=300) == 0, done.stderr.read()
+    gens = sorted((tmp_path / "out.generations").glob("gen-*"))
+    assert first in gens and out.resolve() in gens and len(gens) == 2  # current + the one published before
+    assert _check_published(out) == 360 + 240 + 120
+
+
+def test_write_failure_is_one_line_naming_the_file_and_frees_the_build(tmp_path):
+    """Audit: a file-size limit or a full disk while building tables gave a DuckDB traceback or a message
+    without a path, and the failed build kept its disk space until the next run."""
+    import resource
+
+    raw, out, source = tmp_path / "raw", tmp_path / "out", tmp_path / "source.yaml"
+    write(source, yaml.safe_dump(SOURCE))
+    write(raw / "items.csv", "id,title\n" + "".join(f"i{k},Item {k}\n" for k in range(20)))
+    write(raw / "events-1.csv", _events(0, 30))
+    write(raw / "events-2.csv", "u,i,t\n" + "".join(f"v{u},i{u % 20},{1_000_000_000 + u}\n" for u in range(60_000)))
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+    proc = subprocess.run([sys.executable, "-m", "patchrec.cli", "data", "prepare", "--format", "generic", "--raw",
+                           str(raw), "--out", str(out), "--source-config", str(source)], capture_output=True,
+                          text=True, preexec_fn=limit, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[0].startswith("patchrec: error: ") and str(tmp_path) in lines[0], lines[0]
+    assert "cannot write" in lines[0] and "File too large" in lines[0], lines[0]  # was "cannot read <raw file>"
+    assert not list((tmp_path / "out.generations").glob("build-*")) and not out.exists()

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from patchrec.config import GenericSource
+from patchrec.data.formats import SourceError
 from patchrec.data.ingest import RawFileChangedError
 from tests.conftest import write
 
@@ -60,5 +61,8 @@ def test_changed_file_is_refused_and_removed_file_reported(raw, prepare, tmp_pat
     (raw / "events-1.csv").unlink()
     s = prepare("generic", raw, source=SOURCE)
     assert s["files_removed"] == ["events-1.csv"] and s["rows_read"] == 6  # its rows are kept, not lost
+    with pytest.raises(SourceError, match="no sample in any split"):  # bob's one event is all that is left
+        prepare("generic", raw, source=SOURCE, rebuild=True)
+    write(raw / "events-3.csv", _events([("bob", f"i{k}", 400 + k) for k in range(1, 5)]))
     s = prepare("generic", raw, source=SOURCE, rebuild=True)
-    assert s["rows_read"] == 1
+    assert s["rows_read"] == 5 and s["files_removed"] == []  # a rebuild forgets the removed file's rows

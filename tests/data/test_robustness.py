@@ -203,7 +203,7 @@ def test_files_that_look_like_data_and_are_not_read_are_named(ml100k_dir, prepar
 
 def test_min_history_above_every_history_publishes_nothing(ml100k_dir, prepare, tmp_path):
     """Audit: --min-history above every history validated and published a generation with 0 samples."""
-    with pytest.raises(SourceError, match=r"no training sample .*longest history 6 items.*min_history=50"):
+    with pytest.raises(SourceError, match=r"no sample in any split .*longest history 6 items.*min_history=50"):
         prepare("movielens-100k", ml100k_dir, min_history=50)
     assert not (tmp_path / "out").exists()
 
