@@ -183,8 +183,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from patchrec.serving import serve
 
     _use_registry(args.state)
-    print(f"serving {args.model} on http://{args.host}:{args.port} (POST /invocations, GET /ping)", flush=True)
-    serve(args.model, host=args.host, port=args.port)
+    print(f"serving {args.model} on http://{args.host}:{args.port} (POST /invocations, GET /ping; header "
+          "X-Model-Version names the version that answers)", flush=True)
+    serve(args.model, host=args.host, port=args.port, refresh_s=args.refresh_seconds or None)
     return 0
 
 
@@ -362,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--model", default="models:/patchrec-ml-100k@champion", help="an MLflow model URI")
     se.add_argument("--host", default="127.0.0.1")
     se.add_argument("--port", type=int, default=5001)
+    se.add_argument("--refresh-seconds", type=float, default=60.0,
+                    help="check a served alias this often and serve the version it moves to (0: never)")
     se.add_argument("--state", type=Path, help=state_help)
     se.set_defaults(func=_cmd_serve)
 

@@ -155,6 +155,10 @@ class Recommender:
         if len(history) > self.max_history:
             raise RecommendError(f"row {row}: history has {len(history)} items, more than this model accepts "
                                  f"({self.max_history}); send the most recent {self.max_history}")
+        for pos, h in enumerate(history):
+            if isinstance(h, bool) or not isinstance(h, (str, int, np.integer)):
+                shown = "null" if h is None or (isinstance(h, float) and h != h) else type(h).__name__
+                raise RecommendError(f"row {row}: history item {pos} is {shown}, not an item {id_type} (a string)")
         lookup = self.by_key if id_type == "key" else self.by_title
         unknown = [str(h) for h in history if str(h) not in lookup]
         if unknown:
@@ -170,7 +174,7 @@ class Recommender:
                                  "(split the request)")
         if id_type not in ("key", "title"):
             raise RecommendError(f"id_type must be 'key' or 'title', not {_clip(id_type)!r}")
-        if not 1 <= top_k <= len(self.keys):
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= len(self.keys):
             raise RecommendError(f"top_k must be between 1 and {len(self.keys)}, got {top_k}")
         rows = [self._indices(h, r, id_type) for r, h in enumerate(histories)]
         out = [{"item_keys": [self.keys[i] for i in r.items], "titles": [self.titles[i] for i in r.items],

@@ -10,6 +10,7 @@ whatever a crash left (aliases, decision) on a re-run.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from importlib.metadata import PackageNotFoundError, version
@@ -59,10 +60,25 @@ class PatchRecModel(mlflow.pyfunc.PythonModel):
             raise MlflowException("input needs a 'history' column: lists of item keys, oldest first",
                                   error_code=INVALID_PARAMETER_VALUE)
         try:
-            return self.rec.recommend(list(model_input["history"]), top_k=int(params.get("top_k", 10)),
-                                      id_type=str(params.get("id_type", "key")))
+            return self.rec.recommend(list(model_input["history"]), top_k=_top_k(params.get("top_k", 10)),
+                                      id_type=params.get("id_type", "key"))
         except RecommendError as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+
+
+def _top_k(value: Any) -> int:
+    """`top_k` from request params: an integer (or its digits), never null, a bool or a fraction."""
+    from patchrec.recommender import RecommendError
+
+    if isinstance(value, bool) or value is None:
+        raise RecommendError(f"top_k must be a whole number, got {json.dumps(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise RecommendError(f"top_k must be a whole number, got {str(value)[:40]!r}")
 
 
 def _requirements() -> list[str]:
@@ -92,15 +108,21 @@ def log_model(bundle: Path, name: str, example_history: list[str], tags: dict[st
     Returns:
         The new version number.
     """
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
     from patchrec.recommender import Recommender
 
     example = pd.DataFrame({"history": [example_history]})
     params = {"top_k": 10, "id_type": "key"}
     output = Recommender(bundle).recommend(list(example["history"]), top_k=3)
+    inferred = infer_signature(example, output, params=params)
+    # history items pass through MLflow unconverted: its string enforcement turns [null] into ["None"] and
+    # truncates a list that mixes strings and nulls to first letters; the recommender checks every item itself
+    signature = ModelSignature(inputs=Schema([ColSpec(Array(AnyType()), "history")]), outputs=inferred.outputs,
+                               params=inferred.params)
     info = mlflow.pyfunc.log_model(name="model", python_model=PatchRecModel(), artifacts={"bundle": str(bundle)},
-                                   signature=infer_signature(example, output, params=params),
+                                   signature=signature,
                                    input_example=(example, {"top_k": 3}), pip_requirements=_requirements(),
                                    tags=tags)
     mlflow.log_metrics(metrics, model_id=info.model_id)

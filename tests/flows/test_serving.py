@@ -52,26 +52,36 @@ def _post_announced(server: str, size: int) -> tuple[int, dict]:
         conn.close()
 
 
-@pytest.fixture
-def server(tiny_state):
-    state, _ = tiny_state
+def _serve(state: Path, model: str, *extra: str):
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{state / 'mlflow.db'}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen([sys.executable, "-m", "patchrec.cli", "serve", "--model", "models:/patchrec-tiny@champion",
-                             "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "patchrec.cli", "serve", "--model", model, "--port", str(port),
+                             *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                break
+        except OSError:
+            assert proc.poll() is None, "patchrec serve exited"
+            assert time.monotonic() < deadline, "server did not answer /ping"
+            time.sleep(1)
+    return proc, url
+
+
+def _version(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/ping", timeout=10) as resp:
+        return resp.headers["X-Model-Version"]
+
+
+@pytest.fixture
+def server(tiny_state):
+    state, _ = tiny_state
+    proc, url = _serve(state, "models:/patchrec-tiny@champion")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None, "patchrec serve exited"
-                assert time.monotonic() < deadline, "server did not answer /ping"
-                time.sleep(1)
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -88,10 +98,14 @@ def test_served_champion(server, tmp_path):
         "unknown item": ({"dataframe_records": [{"history": ["m01", "nope"]}]}, "unknown item key(s) ['nope']"),
         "empty": ({"dataframe_records": [{"history": []}]}, "history is empty"),
         "over-long": ({"dataframe_records": [{"history": ["m01"] * 51}]}, "more than this model accepts (50)"),
+        "null top_k": ({"dataframe_records": [{"history": ["m01"]}], "params": {"top_k": None}},
+                       "top_k must be a whole number, got null"),
+        "null item": ({"dataframe_records": [{"history": ["m01", None]}]}, "history item 1 is null"),
     }
     for name, (payload, message) in bad.items():
         code, body = _post(f"{server}/invocations", json.dumps(payload).encode())
-        assert code == 400 and message in body["message"], name
+        assert code == 400 and message in body["message"], (name, body)
+        assert "Traceback" not in json.dumps(body) and len(json.dumps(body)) < 2000, name
     code, body = _post(f"{server}/invocations", b'{"dataframe_records": [{"hist')
     assert code == 400 and "valid JSON" in body["message"]
 
@@ -111,3 +125,35 @@ def test_served_champion(server, tmp_path):
     assert _post(f"{server}/invocations", good) == (200, _post(f"{server}/invocations", good)[1])  # still serving
     assert main(["recommend", "--url", server, "--history", "m01,m02,m03", "--top-k", "5", "--json"]) == 0
     assert main(["recommend", "--url", server, "--history", "m01,zzz"]) == 2
+
+
+def test_server_names_its_version_and_follows_the_alias(tiny_state):
+    """Audit: after `champion` moved, a running server kept serving the old version, and no answer said which."""
+    from mlflow import MlflowClient
+
+    from patchrec import tracking
+
+    state, _ = tiny_state
+    tracking.tracking_uri(state)
+    client = MlflowClient()
+    source = client.get_model_version("patchrec-tiny", "1")
+    name = "serve-follow"
+    client.create_registered_model(name)
+    for _ in range(2):  # two versions of the same artifacts
+        client.create_model_version(name, source.source, run_id=source.run_id, model_id=source.model_id)
+    client.set_registered_model_alias(name, "champion", "1")
+    proc, url = _serve(state, f"models:/{name}@champion", "--refresh-seconds", "1")
+    try:
+        assert _version(url) == f"{name}/1"
+        body = json.dumps({"dataframe_records": [{"history": ["m01", "m02"]}]}).encode()
+        req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.headers["X-Model-Version"] == f"{name}/1"
+        client.set_registered_model_alias(name, "champion", "2")
+        deadline = time.monotonic() + 120
+        while _version(url) != f"{name}/2":
+            assert time.monotonic() < deadline, "the server did not follow the alias"
+            time.sleep(1)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
