@@ -259,4 +259,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from patchrec.stopping import Stopped
+
+    try:
+        main()
+    except Stopped as exc:  # SIGTERM / SIGINT: finished stages are kept; a rerun reuses them and resumes
+        print(f"bench.quality: {exc}; finished stages are kept and reused by the next run", file=sys.stderr)
+        sys.exit(128 + exc.signum)

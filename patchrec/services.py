@@ -17,7 +17,7 @@ from pathlib import Path
 from patchrec.profiles import PROJECT_ROOT
 from patchrec.tracking import USER_ENV
 
-__all__ = ["POOL", "Services", "process_alive"]
+__all__ = ["POOL", "Services", "process_alive", "start_time"]
 
 POOL = "patchrec-local"
 
@@ -55,12 +55,23 @@ class Services:
         return res.stdout
 
     def pid(self, name: str) -> int | None:
-        """The PID in <state>/pids/<name>.pid if that process is alive."""
+        """The PID in <state>/pids/<name>.pid if that process is alive and is the one this file recorded.
+
+        The file holds the PID and the process's start time (/proc/<pid>/stat): a PID the kernel has since
+        given to another process (a reboot, a crash that left the file) is stale, never a process to stop.
+        """
         f = self.pids / f"{name}.pid"
         if not f.is_file():
             return None
-        pid = int(f.read_text().strip())
-        if not process_alive(pid):
+        fields = f.read_text().split()
+        try:
+            pid = int(fields[0])
+        except (IndexError, ValueError):
+            f.unlink()
+            return None
+        recorded = fields[1] if len(fields) > 1 else None
+        if not process_alive(pid) or (recorded is not None and start_time(pid) != recorded) or (
+                recorded is None and "prefect" not in _cmdline(pid)):
             f.unlink()
             return None
         return pid
@@ -79,7 +90,7 @@ class Services:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        (self.pids / f"{name}.pid").write_text(f"{proc.pid}\n")
+        (self.pids / f"{name}.pid").write_text(f"{proc.pid} {start_time(proc.pid)}\n")
         return proc.pid
 
     def healthy(self) -> bool:
@@ -136,6 +147,21 @@ class Services:
             (self.pids / f"{name}.pid").unlink(missing_ok=True)
             stopped.append(f"{name} (pid {pid})")
         return stopped
+
+
+def start_time(pid: int) -> str | None:
+    """When `pid` started, in clock ticks after boot (field 22 of /proc/<pid>/stat); None when unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def process_alive(pid: int) -> bool:
