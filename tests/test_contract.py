@@ -103,3 +103,12 @@ def test_changing_a_config_changes_only_its_stage_and_downstream(tmp_path, monke
     b = _chain(other, "data-a", tmp_path, monkeypatch)
     changed = {name for name in a if a[name].fingerprint != b[name].fingerprint}
     assert changed == {"pft", "val", "test", "register"}
+
+
+def test_a_non_finite_metric_never_reaches_a_manifest(tmp_path):
+    from patchrec.contract import StageOutput, run_stage
+
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="not finite"):
+            run_stage("s", tmp_path / "s", "fp", lambda out, bad=bad: StageOutput(metrics={"loss": bad}))
+        assert not (tmp_path / "s" / "manifest.json").exists()

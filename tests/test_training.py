@@ -141,3 +141,26 @@ def test_a_planted_pickle_in_a_checkpoint_is_not_executed(data, tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         fit(model, GenerativeObjective(store, catalog, pieces, cfg), cfg, tmp_path, progress=False)
     assert not marker.exists()
+
+
+def test_a_nan_loss_stops_training_before_any_update_is_saved(data, tmp_path):
+    """Audit: NaN settings trained on a NaN loss and stored the NaN as null in an unreadable manifest."""
+    from patchrec.training import NonFiniteLoss, Terms
+
+    store = SequenceStore(data, max_history=20)
+    cfg = _cfg(checkpoint_every=1)
+    model, pieces, catalog, new = _setup(data)
+    model = attach_trainable(model, cfg, new)
+
+    class Poisoned(GenerativeObjective):
+        def loss(self, model, micro, progress, generator):
+            terms = super().loss(model, micro, progress, generator)
+            return Terms(terms.total * float("nan"), terms.terms, terms.targets, terms.share)
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    with pytest.raises(NonFiniteLoss, match=r"step 1: loss nan"):
+        fit(model, Poisoned(store, catalog, pieces, cfg), cfg, tmp_path, progress=False)
+    assert latest_checkpoint(tmp_path / "checkpoints") is None
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p.detach(), before[n]), n

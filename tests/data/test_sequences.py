@@ -66,3 +66,15 @@ def test_store_truncates_history_to_max(raw, prepare, tmp_path):
     full = SequenceStore(tmp_path / "out")
     hist, target = full.sample(int(test[0]))
     assert np.array_equal(hist, [0, 1, 9, 8, 2]) and target == 3
+
+
+def test_an_empty_split_is_an_error_not_nan_metrics(raw, prepare, tmp_path):
+    """Audit: an empty split produced NaN metrics (and an IndexError in the catalog stage)."""
+    from patchrec.data.sequences import sample_split
+
+    s = prepare("generic", raw, source=SOURCE, split_ratios=(0.9, 0.0, 0.1), min_history=1)
+    assert s["samples"]["val"] == 0 and s["samples"]["train"] > 0
+    store = SequenceStore(tmp_path / "out")
+    with pytest.raises(ValueError, match="split 'val' has no sample to rank"):
+        sample_split(store, "val", None, 0)
+    assert len(sample_split(store, "train", None, 0)) == s["samples"]["train"]
