@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -39,9 +40,14 @@ print(json.dumps({"reused": rec.reused, "rows": rec.metrics["rows"]}))
 """
 
 
+def _env() -> dict[str, str]:
+    """This environment without the MLflow URI an earlier test's `mlflow.set_tracking_uri` left in it."""
+    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+
 def _both(script: str, arg: Path) -> list[subprocess.CompletedProcess]:
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), str(arg)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+                              stderr=subprocess.PIPE, text=True, env=_env()) for _ in range(2)]
     out = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=300)
@@ -55,7 +61,8 @@ def test_two_runs_on_a_fresh_state_initialise_the_mlflow_store_once(tmp_path):
     state = tmp_path / "state"
     for res in _both(INIT_STORE, state):
         assert res.returncode == 0, res.stderr[-2000:]
-    again = subprocess.run([sys.executable, "-c", INIT_STORE, str(state)], capture_output=True, text=True, timeout=300)
+    again = subprocess.run([sys.executable, "-c", INIT_STORE, str(state)], capture_output=True, text=True, timeout=300,
+                           env=_env())
     assert again.returncode == 0, again.stderr[-2000:]
     from mlflow import MlflowClient
 

@@ -31,7 +31,9 @@ print(json.dumps(stages.register_model(cfg, data, cat, run, val, test).info))
 
 
 def _register(state, overrides: dict, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PATCHREC_KILL_AT"}
+    # MLflow wrote this process's tracking URI into os.environ: the child must use the state's own store
+    env = {k: v for k, v in os.environ.items() if k not in ("PATCHREC_KILL_AT", "MLFLOW_TRACKING_URI",
+                                                               "MLFLOW_REGISTRY_URI")}
     if kill_at:
         env["PATCHREC_KILL_AT"] = kill_at
     return subprocess.run([sys.executable, "-c", REGISTER, str(state), json.dumps(overrides)], env=env,
