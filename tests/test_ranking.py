@@ -125,3 +125,27 @@ def test_decoding_reads_each_prompt_once_for_all_its_beams():
         AttentionInterface.register(beam.ATTENTION, beam.beam_attention)
     assert seen and all(rows == users_x_width for rows, users_x_width in seen)
     assert max(rows for rows, _ in seen) == 2 * 4 and model.config._attn_implementation != beam.ATTENTION
+
+
+def test_titles_longer_than_64_tokens_are_ranked():
+    """The beam stopped after 64 tokens whatever the catalog: an item with a longer title (long Amazon titles)
+    could never be ranked by the generative head. The step limit is now the trie's depth."""
+    words = ["Alpha", "Beta", "Gamma", "Delta", "Kappa", "Omega", "Sigma"]
+    long_a = " ".join(words[i % 7] for i in range(80))
+    long_b = long_a + " Deluxe"
+    titles = [long_a, long_b, "Up"]
+    cfg = PromptConfig()
+    model, tok = build_tiny(titles + [cfg.system, cfg.instruction], seed=3)
+    ids = add_prompt_tokens(model, tok)
+    pieces = render_pieces(tok, cfg, ids)
+    catalog = CatalogTable.from_token_lists(tokenize_titles(tok, titles))
+    assert int(catalog.title_len[:2].min()) > 64
+    with torch.no_grad():
+        catalog.patches = item_patches(model.get_input_embeddings(), catalog.title_ids, catalog.title_len)
+    trie = TitleTrie.build(catalog.title_ids, catalog.title_len, pieces.end[0])
+    assert trie.depth == int(catalog.title_len.max()) + 1
+    r = rank_one(model.eval(), _prompt(model, pieces, catalog, [2]), trie, num_beams=8, top_k=3)
+    assert sorted(r.items) == [0, 1, 2]
+    long_only = TitleTrie.build(catalog.title_ids[:2], catalog.title_len[:2], pieces.end[0])
+    first = rank_one(model, _prompt(model, pieces, catalog, [2]), long_only, num_beams=4, top_k=2)
+    assert first.items[0] in (0, 1) and sorted(first.items) == [0, 1]

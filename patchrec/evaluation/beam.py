@@ -39,19 +39,20 @@ class Ranking:
 
 @torch.no_grad()
 def rank_one(model, prompt_embeds: Tensor, trie: TitleTrie, num_beams: int = 20, top_k: int = 20,
-             length_penalty: float = 1.0, max_steps: int = 64) -> Ranking:
+             length_penalty: float = 1.0, max_steps: int | None = None) -> Ranking:
     """Rank catalog items for one prompt (1, S, D) with `num_beams` constrained beams."""
     return rank_batch(model, [prompt_embeds], trie, num_beams, top_k, length_penalty, max_steps)[0]
 
 
 @torch.no_grad()
 def rank_batch(model, prompts: list[Tensor], trie: TitleTrie, num_beams: int = 20, top_k: int = 20,
-               length_penalty: float = 1.0, max_steps: int = 64) -> list[Ranking]:
+               length_penalty: float = 1.0, max_steps: int | None = None) -> list[Ranking]:
     """Rank catalog items for several prompts, each (1, S_b, D), with `num_beams` constrained beams each.
 
     Every user keeps `num_beams` beam slots (rows of the batch); a step takes, per user, the best `num_beams`
     trie continuations of its live beams (as one user alone would), finishes those that end a title and
     continues the rest. The trie and the bookkeeping stay on the CPU; logits come back once a step.
+    `max_steps` defaults to the trie's depth, so every catalog title, however long, can finish.
     """
     dev, w = prompts[0].device, num_beams
     lens = torch.tensor([p.shape[1] for p in prompts])
@@ -71,7 +72,7 @@ def rank_batch(model, prompts: list[Tensor], trie: TitleTrie, num_beams: int = 2
     nodes = torch.zeros(n, 1, dtype=torch.long)  # (users, slots) trie node of each beam
     scores = torch.zeros(n, 1)  # -inf marks an empty slot
     finished: list[list[tuple[float, int]]] = [[] for _ in range(n)]
-    for step in range(1, max_steps + 1):
+    for step in range(1, (trie.depth if max_steps is None else max_steps) + 1):
         slots = nodes.shape[1]
         live = torch.nonzero(scores.reshape(-1) > float("-inf")).squeeze(1)  # rows with a beam
         beam, tok, child = trie.edges(nodes.reshape(-1)[live])

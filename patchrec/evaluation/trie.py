@@ -23,6 +23,7 @@ class TitleTrie:
     leaf_ptr: Tensor  # (nodes + 1,) items ending at node n are leaf_items[leaf_ptr[n]:leaf_ptr[n + 1]]
     leaf_items: Tensor  # (items,) sorted by item index within a leaf: shared titles resolve in index order
     end_token: int
+    depth: int = 0  # tokens on the longest path: the longest title + its end token (decoding steps it needs)
 
     @classmethod
     def build(cls, title_ids: Tensor, title_len: Tensor, end_token: int) -> TitleTrie:
@@ -46,8 +47,9 @@ class TitleTrie:
         leaf_counts = torch.tensor([len(leaves.get(n, [])) for n in range(len(children))])
         leaf_ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(leaf_counts, 0)])
         leaf_items = [i for n in range(len(children)) for i in sorted(leaves.get(n, []))]
+        depth = int(title_len.max()) + 1 if title_len.numel() else 0
         return cls(edge_ptr, torch.tensor(toks, dtype=torch.long), torch.tensor(kids, dtype=torch.long), leaf_ptr,
-                   torch.tensor(leaf_items, dtype=torch.long), end_token)
+                   torch.tensor(leaf_items, dtype=torch.long), end_token, depth)
 
     def edges(self, nodes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """All outgoing edges of `nodes` (B,): (beam index, token, child), each (E_b,)."""
