@@ -8,7 +8,6 @@ micro-batch (`patchrec.distributed`), under DDP; rank 0 alone writes checkpoints
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
 import time
@@ -22,10 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from patchrec import stopping
+from patchrec.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_weights
 from patchrec.config import TrainConfig
 from patchrec.contract import StageOutput
 from patchrec.data.sequences import SequenceStore, sample_split
-from patchrec.distributed import SINGLE, Dist, full_tensor
+from patchrec.distributed import SINGLE, Dist
 from patchrec.hardware import use_bf16
 from patchrec.io import atomic_path, write_json
 from patchrec.model import attach_trainable, load_trainable
@@ -210,85 +210,6 @@ def _lr_factor(progress: float, warmup: float, step_share: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
 
 
-def _trainable(model) -> dict[str, Tensor]:
-    """Whole copies of the trainable weights (gathered from their shards under FSDP: every rank calls it)."""
-    return {n: full_tensor(p.detach()).clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-SHARDED = "optimizer"  # under FSDP: the optimizer state as a torch.distributed.checkpoint folder, one file a rank
-
-
-def save_checkpoint(path: Path, model, optimizer, step: int, extra: dict, keep: int = 2, dist: Dist = SINGLE) -> None:
-    """Weights/adapter, optimizer, RNG and data position, written to a temp dir then renamed.
-
-    The temp folder's rename is what makes a checkpoint exist; only the newest `keep` are kept, and the
-    new one is in place before any older one is removed. Under FSDP every rank calls it: the trainable weights
-    are gathered whole into `trainable.pt` (what a run's output and an evaluation need) and the sharded optimizer
-    state is saved by every rank into `optimizer/` (`torch.distributed.checkpoint`, loadable at any world size).
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    if dist.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    if dist.sharded:  # every rank writes its shard into the folder rank 0 made (under DDP rank 0 alone is here)
-        dist.barrier()
-    weights = _trainable(model)
-    state: dict[str, Any] = {"step": step, "torch_rng": torch.get_rng_state(), **extra}
-    if dist.sharded:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=tmp / SHARDED)
-    else:
-        state["optimizer"] = optimizer.state_dict()
-    if dist.is_main:
-        torch.save(weights, tmp / "trainable.pt")
-        torch.save(state, tmp / "state.pt")
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-        done = sorted(_checkpoints(path.parent), key=lambda p: int(p.name.split("_")[1]), reverse=True)
-        for old in done[keep:]:
-            shutil.rmtree(old, ignore_errors=True)
-    if dist.sharded:
-        dist.barrier()
-
-
-def _load_checkpoint(ck: Path, model, optimizer, dist: Dist) -> dict[str, Any]:
-    """Restore weights and optimizer from checkpoint `ck` (either format, see `save_checkpoint`); its state."""
-    dev = next(model.parameters()).device
-    state = torch.load(ck / "state.pt", map_location=dev, weights_only=True)  # never unpickle code
-    weights = torch.load(ck / "trainable.pt", map_location=dev, weights_only=True)
-    if dist.sharded or (ck / SHARDED).is_dir():
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_optimizer_state_dict,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
-
-        if not (ck / SHARDED).is_dir():
-            raise RuntimeError(f"{ck} was written by DDP or one process: resume it with launch.sharding=ddp")
-        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
-        optim = {"optimizer": get_optimizer_state_dict(model, optimizer)}
-        dcp.load(optim, checkpoint_id=ck / SHARDED)  # resharded to this world size
-        set_optimizer_state_dict(model, optimizer, optim["optimizer"])
-    else:
-        load_trainable(model, ck / "trainable.pt", weights)
-        optimizer.load_state_dict(state["optimizer"])
-    return state
-
-
-def _checkpoints(ckpt_dir: Path) -> list[Path]:
-    """`step_N` folders: each was renamed into place complete (a temp folder starts with a dot)."""
-    return [p for p in ckpt_dir.glob("step_*") if p.is_dir()] if ckpt_dir.is_dir() else []
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest checkpoint folder, or None."""
-    return max(_checkpoints(ckpt_dir), key=lambda p: int(p.name.split("_")[1]), default=None)
-
-
 BEST = "best_probe.pt"  # with keep_best: the trainable weights of the best validation probe so far
 
 
@@ -341,7 +262,7 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
     run: dict[str, Any] = {"losses": [], "shares": [], "lrs": [], "speeds": [], "samples": 0, "seconds": 0.0,
                            "curve": []}
     if (ck := latest_checkpoint(ckpt_dir)) is not None:
-        state = _load_checkpoint(ck, model, optimizer, dist)
+        state = load_checkpoint(ck, model, optimizer, dist)
         torch.set_rng_state(state["torch_rng"].cpu())
         start = state["step"]
         run = state["run"]
@@ -361,7 +282,7 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
             curve.append({"seconds": elapsed, "step": step, "samples": n_samples, **probe(model)})
         model.train()
         if cfg.keep_best and curve[-1]["val_ndcg_10"] > run.get("best", {}).get("val_ndcg_10", -1.0):
-            weights = _trainable(model)
+            weights = trainable_weights(model)
             if is_main:
                 with atomic_path(out_dir / BEST) as tmp:
                     torch.save(weights, tmp)

@@ -13,11 +13,11 @@ import psutil
 import pytest
 import torch
 
+from patchrec.checkpoints import latest_checkpoint
 from patchrec.config import EvalConfig, LaunchConfig, ModelConfig, TrainConfig
 from patchrec.distributed import Dist
 from patchrec.launch import EvalJob, LaunchError, TrainJob, run_job
 from patchrec.runtime import RunSpec
-from patchrec.training import latest_checkpoint
 from tests.test_scoring import data  # noqa: F401  (the module-scoped prepared data fixture)
 
 pytestmark = pytest.mark.slow  # each launch starts 2 Python processes with torch
@@ -129,14 +129,14 @@ def test_a_two_rank_run_killed_whole_resumes_in_one_process(data, tmp_path, shar
 
 
 def test_fsdp_refuses_to_resume_a_ddp_checkpoint_with_a_clear_error(data, tmp_path):  # noqa: F811
-    from patchrec.training import _load_checkpoint
+    from patchrec.checkpoints import load_checkpoint
 
     spec = _spec(epochs=1)
     run_job(TrainJob(data_dir=data, out_dir=tmp_path / "run", spec=spec))
     ck = latest_checkpoint(tmp_path / "run" / "checkpoints")
     model = torch.nn.Linear(2, 2)
     with pytest.raises(RuntimeError, match=r"step_\d+ was written by DDP or one process: .*sharding=ddp"):
-        _load_checkpoint(ck, model, torch.optim.AdamW(model.parameters()), Dist(rank=0, world=2, sharding="fsdp"))
+        load_checkpoint(ck, model, torch.optim.AdamW(model.parameters()), Dist(rank=0, world=2, sharding="fsdp"))
 
 
 def test_a_failing_rank_fails_the_stage_with_its_error(data, tmp_path):  # noqa: F811

@@ -168,12 +168,13 @@ def test_an_item_never_trained_on_gets_a_finite_score_and_can_be_recommended(dat
 
 def test_warm_start_from_a_champion_or_a_ppt_run(data, tmp_path):
     """A scoring run starts from a scoring champion's weights (all of them) or a PPT run's LM weights."""
+    from patchrec.checkpoints import trainable_weights
     from patchrec.model import attach_trainable
-    from patchrec.training import _trainable, load_init
+    from patchrec.training import load_init
 
     spec = _spec()
     _, base, trained = _model(data, spec, seed=3)
-    torch.save(_trainable(trained), tmp_path / "champion.pt")
+    torch.save(trainable_weights(trained), tmp_path / "champion.pt")
     _, _, fresh = _model(data, spec, seed=4)
     load_init(fresh, tmp_path / "champion.pt")
     for (n, p), (_, q) in zip(trained.named_parameters(), fresh.named_parameters(), strict=True):
@@ -187,7 +188,7 @@ def test_warm_start_from_a_champion_or_a_ppt_run(data, tmp_path):
         for name, p in ppt.named_parameters():
             if "lora_B" in name:
                 p.fill_(0.5)
-    torch.save(_trainable(ppt), tmp_path / "ppt.pt")
+    torch.save(trainable_weights(ppt), tmp_path / "ppt.pt")
     _, _, scoring = _model(data, spec, seed=5)
     load_init(scoring, tmp_path / "ppt.pt")
     lora_b = [p for n, p in scoring.named_parameters() if "lora_B" in n]

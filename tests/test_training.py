@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from patchrec.checkpoints import latest_checkpoint
 from patchrec.config import DataConfig, GenericSource, TrainConfig
 from patchrec.data.prepare import prepare_data
 from patchrec.data.sequences import SequenceStore
 from patchrec.model import add_prompt_tokens, attach_trainable, build_tiny
 from patchrec.patching import CatalogTable
 from patchrec.prompts import PromptConfig, render_pieces, tokenize_titles
-from patchrec.training import GenerativeObjective, fit, latest_checkpoint
+from patchrec.training import GenerativeObjective, fit
 from tests.conftest import write
 
 WORDS = ["Red", "Blue", "Night", "Day", "Star", "River", "King", "Ghost", "City", "Dream"]
