@@ -145,8 +145,8 @@ def _naive_batch(store, idx, s, mode, max_hist, k, group):
 def train_speed(s, store, steps: int, batch: int) -> dict:
     from patchrec.config import TrainConfig
     from patchrec.hardware import use_bf16
+    from patchrec.heads.generative import label_loss
     from patchrec.model import attach_trainable
-    from patchrec.training import label_loss
 
     model = attach_trainable(s.model, TrainConfig(stage="pft", layout="session"), s.new_tokens)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -223,9 +223,9 @@ def rank_speed(s, store, users: int, batch: int = 32) -> dict:
     """Users/s at 20 beams, top 20, same users and precision: batched (`batch` users of similar prompt lengths
     decoded together), one user at a time (same code, batch 1), and `generate` with a
     `prefix_allowed_tokens_fn` trie walk."""
-    from patchrec.evaluation.beam import rank_batch
-    from patchrec.evaluation.trie import TitleTrie
     from patchrec.hardware import use_bf16
+    from patchrec.heads.generative.beam import rank_batch
+    from patchrec.heads.generative.trie import TitleTrie
 
     model = s.model.eval()
     nonemb = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)

@@ -31,6 +31,7 @@ from patchrec.config import DataConfig, EvalConfig, ModelConfig, SASRecConfig, T
 from patchrec.data.prepare import prepare_data
 from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.metrics import bootstrap_ci, by_history_length, paired_bootstrap_diff, summarize_ranks
+from patchrec.evaluation.result import EvalResult, read_ranks, read_result
 from patchrec.io import read_json, write_json
 from patchrec.profiles import PROJECT_ROOT
 from patchrec.runtime import RunSpec
@@ -101,25 +102,25 @@ def _comparisons(ranks: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
 
 
 def _ranks(eval_dir: Path) -> pd.DataFrame:
-    return pd.read_parquet(eval_dir / "ranks.parquet").drop(columns=["ranked"])
+    return read_ranks(eval_dir).drop(columns=["ranked"])
 
 
 def _ci(ranks: np.ndarray, users: np.ndarray) -> dict[str, list[float]]:
     return {f"{m}_{k}": list(bootstrap_ci(ranks, users, k, m)) for m in ("hr", "ndcg") for k in (10, 20)}
 
 
-def _summary(res: dict[str, Any], ranks: pd.DataFrame, subset: bool = False) -> dict[str, Any]:
+def _summary(res: EvalResult, ranks: pd.DataFrame, subset: bool = False) -> dict[str, Any]:
     """One model's evaluation (`res` = its eval.json, `ranks` its ranks); `subset`: `ranks` is a part of the split
     the eval.json metrics were computed on (a baseline on the LLM variants' test sample), so recompute them."""
     r, u = ranks["rank"].to_numpy(), ranks["user_idx"].to_numpy()
-    metrics = res["metrics"]
+    metrics = res.metrics
     if subset:
         metrics = summarize_ranks(r, u)
         metrics.update({f"masked_{k}": v for k, v in summarize_ranks(ranks["masked_rank"].to_numpy(), u).items()})
-    out = {"samples": int(len(ranks)), "metrics": metrics, "ci95": _ci(r, u), "users_per_s": res["users_per_s"],
+    out = {"samples": int(len(ranks)), "metrics": metrics, "ci95": _ci(r, u), "users_per_s": res.users_per_s,
            "by_history_length": by_history_length(r, ranks["history_len"].to_numpy())}
-    if "prompt_tokens_mean" in res:
-        out["prompt_tokens_mean"] = res["prompt_tokens_mean"]
+    if res.prompt_tokens_mean is not None:
+        out["prompt_tokens_mean"] = res.prompt_tokens_mean
     return out
 
 
@@ -179,7 +180,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
         ev = evaluate_into(lambda fp: runs / f"eval-{fp}", ecfg, data, init)
         reused[ev.dir] = ev.reused
         ranks[name] = _ranks(ev.dir)
-        summary = _summary(read_json(ev.dir / "eval.json"), ranks[name])
+        summary = _summary(read_result(ev.dir), ranks[name])
         report["variants"][name] = {
             **summary, "head": v["pft"].head, "train_targets": samples, "train_seconds": train_s,
             "train_targets_per_s": samples / train_s if train_s else None, "curve": curve,
@@ -194,12 +195,12 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
     for kind in ("popularity", "sasrec"):
         rec = baseline_into(lambda fp, k=kind: runs / f"baseline-{k}-{fp}", kind, data, sas)
         reused[rec.dir] = rec.reused
-        res = read_json(rec.dir / "eval.json")
+        res = read_result(rec.dir)
         ranks[kind] = _ranks(rec.dir)  # the whole test split; comparisons pair the targets both sides ranked
         sample = ranks[kind][ranks[kind]["sample"].isin(llm_subset)]
-        train = {k: res["train"].get(k) for k in ("epochs", "best_val_ndcg_10", "seconds")} if res["train"] else {}
-        if res["train"]:
-            train["curve"] = [{"seconds": e["seconds"], "val_ndcg_10": e["val_ndcg_10"]} for e in res["train"]["log"]
+        train = {k: res.train.get(k) for k in ("epochs", "best_val_ndcg_10", "seconds")} if res.train else {}
+        if res.train:
+            train["curve"] = [{"seconds": e["seconds"], "val_ndcg_10": e["val_ndcg_10"]} for e in res.train["log"]
                               if "val_ndcg_10" in e and "seconds" in e]
         report["baselines"][kind] = {"all_test": _summary(res, ranks[kind]), "llm_sample": _summary(res, sample, True),
                                      "train": train, "cold": _cold_hr(ranks[kind], cold)}

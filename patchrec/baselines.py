@@ -25,7 +25,7 @@ from patchrec import stopping
 from patchrec.config import SASRecConfig
 from patchrec.data.sequences import SequenceStore, sample_split
 from patchrec.evaluation.metrics import first_ranks, masked_ranks, summarize_ranks
-from patchrec.io import atomic_path, write_json
+from patchrec.evaluation.result import EvalResult, write_result
 
 __all__ = ["SASRec", "evaluate_baseline", "popularity_scores", "rank_split", "train_sasrec"]
 
@@ -180,8 +180,8 @@ def train_sasrec(store: SequenceStore, n_items: int, cfg: SASRecConfig, progress
 
 def evaluate_baseline(kind: Literal["popularity", "sasrec"], data_dir: Path, out_dir: Path, split: str = "test",
                       max_samples: int | None = None, sasrec: SASRecConfig = SASRecConfig(), seed: int = 0,
-                      progress: bool = True) -> dict[str, Any]:
-    """Train (SASRec) or count (popularity), rank a split over the full catalog, write eval.json + ranks.parquet.
+                      progress: bool = True) -> EvalResult:
+    """Train (SASRec) or count (popularity), rank a split over the full catalog, write its `EvalResult`.
 
     Args:
         kind: which baseline.
@@ -194,7 +194,7 @@ def evaluate_baseline(kind: Literal["popularity", "sasrec"], data_dir: Path, out
         progress: show progress bars.
 
     Returns:
-        The eval.json object (model, split, samples, users_per_s, metrics, train log, config).
+        The `EvalResult` (eval.json; `train` holds SASRec's log, `config` its settings).
     """
     out_dir = Path(out_dir)
     n_items = len(pd.read_parquet(Path(data_dir) / "items.parquet", columns=["item_idx"]))
@@ -215,12 +215,7 @@ def evaluate_baseline(kind: Literal["popularity", "sasrec"], data_dir: Path, out
     users = store.sample_user[idx]
     plain = first_ranks([r[:20] for r in ranked], targets)
     masked = masked_ranks(ranked, hists, targets, 20)
-    result = {"model": kind, "split": split, "samples": int(len(idx)), "users_per_s": len(idx) / max(seconds, 1e-9),
-              "metrics": _metrics(plain, masked, users), "train": train_info,
-              "config": sasrec.model_dump() if kind == "sasrec" else {}}
-    with atomic_path(out_dir / "ranks.parquet") as tmp:
-        pd.DataFrame({"sample": idx, "user_idx": users, "target": targets,
-                      "rank": plain, "masked_rank": masked, "history_len": [len(h) for h in hists],
-                      "ranked": [r[:20] for r in ranked]}).to_parquet(tmp)
-    write_json(result, out_dir / "eval.json")
-    return result
+    return write_result(out_dir, model=kind, split=split, seconds=seconds, metrics=_metrics(plain, masked, users),
+                        sample=idx, users=users, targets=targets, ranks=plain, masked=masked, histories=hists,
+                        ranked=[r[:20] for r in ranked], train=train_info,
+                        config=sasrec.model_dump() if kind == "sasrec" else {})

@@ -97,18 +97,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from patchrec.config import EvalConfig
     from patchrec.contract import StageRecord, read_manifest
-    from patchrec.io import read_json
+    from patchrec.evaluation.result import read_result
     from patchrec.stages import data_record, evaluate_into
 
     ecfg = EvalConfig(split=args.split, max_samples=args.max_samples, num_beams=args.beams, top_k=args.top_k)
     run = StageRecord.of(args.run.resolve(), read_manifest(args.run), reused=True)
     rec = evaluate_into(lambda fp: args.out, ecfg, data_record(args.data), run, launch=_launch(args))
-    res = read_json(rec.dir / "eval.json")
-    m = res["metrics"]
+    res = read_result(rec.dir)
+    m = res.metrics
     if args.json:
-        print(json.dumps(res))
+        print(res.model_dump_json())
     else:
-        print(f"{res['split']}: {res['samples']} samples, layout {res['layout']}, {res['users_per_s']:.2f} users/s")
+        print(f"{res.split}: {res.samples} samples, layout {res.layout}, {res.users_per_s:.2f} users/s")
         for k in (5, 10, 20):
             print(f"  HR@{k} {m[f'hr_{k}']:.4f}  NDCG@{k} {m[f'ndcg_{k}']:.4f}")
     return 0
@@ -130,18 +130,18 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from patchrec.config import SASRecConfig
-    from patchrec.io import read_json
+    from patchrec.evaluation.result import read_result
     from patchrec.stages import baseline_into, data_record
 
     sasrec = SASRecConfig(max_epochs=args.max_epochs, seed=args.seed)
     rec = baseline_into(lambda fp: args.out, args.kind, data_record(args.data), sasrec, args.split, args.max_samples,
                         args.seed)
-    res = read_json(rec.dir / "eval.json")
+    res = read_result(rec.dir)
     if args.json:
-        print(json.dumps(res))
+        print(res.model_dump_json())
     else:
-        m = res["metrics"]
-        print(f"{args.kind} on {res['samples']} {res['split']} samples: "
+        m = res.metrics
+        print(f"{args.kind} on {res.samples} {res.split} samples: "
               + "  ".join(f"HR@{k} {m[f'hr_{k}']:.4f} NDCG@{k} {m[f'ndcg_{k}']:.4f}" for k in (10, 20)))
     return 0
 
@@ -292,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init-from", type=Path, help="PFT: the PPT run folder to start from")
     tr.add_argument("--base", default="smollm2", help="smollm2 (default), tiny, or a local HF model folder")
     tr.add_argument("--model-cache", type=Path, default=Path(".state/models"), help="where converted models are cached")
-    tr.add_argument("--head", choices=["generative", "scoring"],
+    from patchrec.heads import HEADS
+
+    tr.add_argument("--head", choices=sorted(HEADS),
                     help="generative (default: title decoding, the paper's) or scoring (catalog scoring head, pft)")
     for name, typ in (("k", int), ("group", int), ("max-history", int), ("max-samples", int), ("epochs", int),
                       ("batch-size", int), ("grad-accum", int), ("lr", float), ("seed", int), ("context", int),

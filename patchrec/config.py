@@ -140,6 +140,9 @@ def load_source(path: Path) -> GenericSource:
         raise ValueError(f"invalid source config {path}: {exc}") from exc
 
 
+_HEAD_STAGES = {"generative": {"ppt", "pft", "sft"}, "scoring": {"pft"}}  # the heads of `patchrec.heads`
+
+
 class TrainConfig(_Frozen):
     """One training stage. Generative head (the paper's): PPT = mixed layout with the curriculum
     p = step / total_steps; PFT-I = layout 'item' (last k items as text); PFT-S = layout 'session' (group
@@ -193,8 +196,9 @@ class TrainConfig(_Frozen):
             raise ValueError(f"stage {self.stage!r} uses layout {sorted(allowed)}, not {self.layout!r}")
         if self.keep_best and not self.curve_every_s:
             raise ValueError("keep_best selects among validation probes: set curve_every_s too")
-        if self.head == "scoring" and self.stage != "pft":
-            raise ValueError(f"the scoring head trains in stage 'pft' (layout item or session), not {self.stage!r}")
+        if self.stage not in _HEAD_STAGES[self.head]:
+            raise ValueError(f"the {self.head} head trains in stage(s) {sorted(_HEAD_STAGES[self.head])}, not "
+                             f"{self.stage!r}")
         return self
 
 

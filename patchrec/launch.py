@@ -72,7 +72,7 @@ def execute(job: TrainJob | EvalJob, dist: Dist = SINGLE, progress: bool = True)
 
     runtime = Runtime.of_run(job.data_dir, job.run_dir, catalog_file=job.catalog_file)
     res = evaluate_split(runtime, job.data_dir, job.out_dir, job.eval, progress=progress and dist.is_main, dist=dist)
-    return StageOutput(metrics=res["metrics"], info={"samples": res["samples"], "users_per_s": res["users_per_s"],
+    return StageOutput(metrics=res.metrics, info={"samples": res.samples, "users_per_s": res.users_per_s,
                                                      "world_size": dist.world})
 
 

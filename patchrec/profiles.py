@@ -95,7 +95,7 @@ class PipelineConfig(BaseModel):
 
 _ML100K_DATA = {"format": "movielens-100k", "raw": "../shared/data/ml-100k", "min_rating": 4.0}
 _SMALL_EVAL = {"max_samples": 40, "num_beams": 20, "top_k": 20}
-# The catalog scoring head: sequence-level training over windows of item patches (see patchrec.scoring).
+# The catalog scoring head: sequence-level training over windows of item patches (see patchrec.heads.scoring).
 _SCORING = {"stage": "pft", "layout": "item", "head": "scoring", "context": 30, "stride": 70, "batch_size": 16,
             "lr": 1e-3, "lora_dropout": 0.0, "epochs": 100, "checkpoint_every": 25}
 

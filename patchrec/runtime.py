@@ -1,15 +1,13 @@
 """A model ready to use: base LM, trained weights, tokenizer, prompt pieces and the catalog table.
 
-Training, evaluation and the served model all load through here; it imports nothing from training.
-Ranking sits behind the `Ranker` interface, picked by the run's `head`: `GenerativeRanker` is the
-paper's head (constrained beam search over catalog titles), `ScoringRanker` the catalog scoring head
-(one forward pass per batch of users, exact top-k by item id).
+Training, evaluation and the served model all load through here; it imports nothing from training. The
+run's `head` (`patchrec.heads`) builds the model and the ranker (`Ranker`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -18,23 +16,19 @@ from pydantic import BaseModel, ConfigDict
 
 from patchrec.config import ModelConfig, TrainConfig
 from patchrec.contract import read_manifest
-from patchrec.evaluation.beam import Ranking, rank_batch
-from patchrec.evaluation.trie import TitleTrie
-from patchrec.hardware import device, use_bf16
+from patchrec.hardware import device
+from patchrec.heads import Ranker, head
 from patchrec.model import (
     add_prompt_tokens,
-    attach_trainable,
     build_tiny,
     ensure_smollm2,
     load_causal_lm,
     load_trainable,
 )
-from patchrec.patching import Batch, CatalogTable, assemble, item_patches, layout_kinds
+from patchrec.patching import CatalogTable
 from patchrec.prompts import PromptConfig, PromptPieces, render_pieces, tokenize_titles
-from patchrec.scoring import Layout, assemble_rows, history_row, scoring_model
 
-__all__ = ["Base", "GenerativeRanker", "Ranker", "Ranking", "RunSpec", "Runtime", "ScoringRanker", "load_catalog",
-           "read_items"]
+__all__ = ["Base", "RunSpec", "Runtime", "load_catalog", "read_items"]
 
 
 class RunSpec(BaseModel):
@@ -97,18 +91,6 @@ class Base:
             self.catalog = CatalogTable.from_token_lists(tokenize_titles(self.tok, titles)).to(device())
 
 
-class Ranker(Protocol):
-    """A ranking head: the top-k catalog items after a history."""
-
-    def rank(self, hist: np.ndarray, top_k: int) -> Ranking:
-        """Top-k item indices (best first) and their scores after `hist` (item indices, oldest first)."""
-        ...
-
-    def rank_many(self, hists: list[np.ndarray], top_k: int) -> list[Ranking]:
-        """`rank` for several users (batched where the head allows it)."""
-        ...
-
-
 class Runtime:
     """A model (trained or being trained) ready to build prompts and rank.
 
@@ -129,12 +111,7 @@ class Runtime:
              catalog_file: Path | None = None) -> Runtime:
         """Load the base model and, when given, a run's `trainable.pt` (None ranks with the bare base model)."""
         base = Base(items.title.astype(str).tolist(), spec.model, spec.prompt, catalog_file)
-        if spec.train.head == "scoring":
-            model = scoring_model(base.model, spec.train, base.new_tokens, base.catalog)
-        elif trainable is not None:
-            model = attach_trainable(base.model, spec.train, base.new_tokens)
-        else:
-            model = base.model
+        model = head(spec.train.head).model(base, spec.train, trained=trainable is not None)
         if trainable is not None:
             load_trainable(model, trainable)
         return cls(items, spec, base, model.eval())
@@ -152,94 +129,14 @@ class Runtime:
     @property
     def max_history(self) -> int:
         """History items a ranking uses (the newest ones)."""
-        tcfg = self.spec.train
-        return Layout.of(tcfg).max_history if tcfg.head == "scoring" else tcfg.max_history
+        return head(self.spec.train.head).max_history(self.spec.train)
 
-    @torch.no_grad()
     def refresh(self) -> None:
-        """Recompute the catalog's item patches from the model's current embeddings (generative head)."""
-        if self.spec.train.head == "generative":
-            catalog = self.base.catalog
-            catalog.patches = item_patches(self.model.get_input_embeddings(), catalog.title_ids, catalog.title_len)
-
-    def prompt(self, hist: np.ndarray) -> Batch:
-        """The generative head's prompt of one history (the newest `max_history` items) in the run's layout."""
-        hist = np.asarray(hist, dtype=np.int64)[-self.spec.train.max_history:]
-        tcfg = self.spec.train
-        kinds, groups = layout_kinds(torch.tensor([len(hist)]), self.layout, k=tcfg.k, group=tcfg.group)
-        return assemble(torch.from_numpy(hist), torch.tensor([0, len(hist)]), None, kinds, groups,
-                        self.base.catalog, self.base.pieces, self.model.get_input_embeddings())
+        """Recompute what the head derives from the weights (the generative head's catalog patches)."""
+        head(self.spec.train.head).refresh(self)
 
     def ranker(self, num_beams: int = 20, length_penalty: float = 1.0, bf16: bool | Literal["auto"] = "auto",
                mask_history: bool = False, batch_size: int | None = None) -> Ranker:
         """The run's ranking head (beam settings apply to the generative head, `mask_history` to scoring);
         `batch_size`: users ranked together (default 64 for scoring, 32 for beam search)."""
-        if self.spec.train.head == "scoring":
-            return ScoringRanker(self, bf16, mask_history, batch_size or 64)
-        return GenerativeRanker(self, num_beams, length_penalty, bf16, batch_size or 32)
-
-
-class GenerativeRanker:
-    """The paper's head: constrained beam search over catalog titles, `batch_size` users decoded together (one
-    prefill per user, every user's beams in each forward step)."""
-
-    def __init__(self, runtime: Runtime, num_beams: int = 20, length_penalty: float = 1.0,
-                 bf16: bool | Literal["auto"] = "auto", batch_size: int = 32):
-        self.runtime, self.num_beams, self.length_penalty, self.bf16 = runtime, num_beams, length_penalty, bf16
-        self.batch_size = batch_size
-        cat = runtime.base.catalog
-        self.trie = TitleTrie.build(cat.title_ids, cat.title_len, runtime.base.pieces.end[0])
-
-    def rank(self, hist: np.ndarray, top_k: int) -> Ranking:
-        return self.rank_many([hist], top_k)[0]
-
-    @torch.no_grad()
-    def rank_many(self, hists: list[np.ndarray], top_k: int) -> list[Ranking]:
-        beams, out = max(self.num_beams, top_k), []
-        with torch.autocast(device().type, dtype=torch.bfloat16, enabled=use_bf16(self.bf16)):
-            for s in range(0, len(hists), self.batch_size):
-                prompts = [self.runtime.prompt(h).inputs_embeds for h in hists[s : s + self.batch_size]]
-                out += rank_batch(self.runtime.model, prompts, self.trie, beams, top_k, self.length_penalty)
-        return out
-
-
-class ScoringRanker:
-    """The catalog scoring head: one forward pass per batch of users, exact top-k over every catalog item.
-
-    Args:
-        runtime: a runtime whose model is a `ScoringModel`.
-        bf16: bf16 autocast for the forward pass (scores are computed in fp32).
-        mask_history: never recommend an item already in the history.
-        batch_size: users per forward pass.
-    """
-
-    def __init__(self, runtime: Runtime, bf16: bool | Literal["auto"] = "auto", mask_history: bool = False,
-                 batch_size: int = 64):
-        self.runtime, self.bf16, self.mask_history, self.batch_size = runtime, bf16, mask_history, batch_size
-        self.layout = Layout.of(runtime.spec.train)
-
-    def rank(self, hist: np.ndarray, top_k: int) -> Ranking:
-        return self.rank_many([hist], top_k)[0]
-
-    @torch.no_grad()
-    def scores(self, hists: list[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
-        """(B, N) fp32 scores of every catalog item after each history, and each row's positions."""
-        model = self.runtime.model
-        rows = [history_row(h, self.layout) for h in hists]
-        bf16 = use_bf16(self.bf16) or model.bf16_weights
-        with torch.autocast(device().type, dtype=torch.bfloat16, enabled=bf16):
-            batch = assemble_rows(rows, model.item_vectors(), model.start(), self.layout.group)
-            scores = model.last_scores(batch)
-        if self.mask_history:
-            for b, h in enumerate(hists):
-                scores[b, torch.as_tensor(np.asarray(h, dtype=np.int64), device=scores.device)] = float("-inf")
-        return scores, batch.lengths.tolist()
-
-    def rank_many(self, hists: list[np.ndarray], top_k: int) -> list[Ranking]:
-        out: list[Ranking] = []
-        for s in range(0, len(hists), self.batch_size):
-            scores, lengths = self.scores(hists[s : s + self.batch_size])
-            top = torch.topk(scores, min(top_k, scores.shape[1]), dim=1)
-            out += [Ranking(i.tolist(), v.tolist(), n) for i, v, n in zip(top.indices, top.values, lengths,
-                                                                          strict=True)]
-        return out
+        return head(self.spec.train.head).ranker(self, num_beams, length_penalty, bf16, mask_history, batch_size)

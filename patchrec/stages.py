@@ -25,6 +25,7 @@ from patchrec.catalog import CATALOG_FILE, build_catalog_table
 from patchrec.config import EvalConfig, LaunchConfig, SASRecConfig
 from patchrec.contract import StageOutput, StageRecord, Tracker, fingerprint, read_manifest, run_stage
 from patchrec.data.sequences import SequenceStore
+from patchrec.evaluation.result import read_result
 from patchrec.io import file_lock, read_json
 from patchrec.launch import EvalJob, TrainJob, run_job
 from patchrec.profiles import PipelineConfig, flatten, model_identity
@@ -168,10 +169,10 @@ def evaluate_into(folder_of: FolderOf, ecfg: EvalConfig, data: StageRecord, run:
                                catalog_file=cat.dir / CATALOG_FILE if cat else None), launch)
 
     def log(rec: StageRecord) -> None:
-        res = read_json(rec.dir / "eval.json")
+        res = read_result(rec.dir)
         mlflow.log_params({f"{split}.{k}": v for k, v in ecfg.model_dump(mode="json").items()})
         tracking.log_eval(res, split)
-        mlflow.log_dict(res, "eval.json")
+        mlflow.log_dict(res.model_dump(mode="json"), "eval.json")
         with tracking.artifact_dir() as tmp:
             mlflow.log_artifact(str(tracking.plot_history_buckets(res, tmp / f"hr_by_history_{split}.png")), "plots")
 
@@ -189,16 +190,16 @@ def baseline_into(folder_of: FolderOf, kind: str, data: StageRecord, sasrec: SAS
 
     def build(out: Path) -> StageOutput:
         res = evaluate_baseline(kind, data.dir, out, split=split, max_samples=max_samples, sasrec=sasrec, seed=seed)
-        return StageOutput(metrics=res["metrics"], info={"samples": res["samples"]})
+        return StageOutput(metrics=res.metrics, info={"samples": res.samples})
 
     def log(rec: StageRecord) -> None:
-        res = read_json(rec.dir / "eval.json")
+        res = read_result(rec.dir)
         if kind == "sasrec":
             mlflow.log_params({f"sasrec.{k}": v for k, v in settings.items()})
         tracking.log_eval(res, split)
-        if res["train"]:
-            tracking.log_epochs(mlflow.active_run().info.run_id, res["train"]["log"])
-        mlflow.log_dict(res, "eval.json")
+        if res.train:
+            tracking.log_epochs(mlflow.active_run().info.run_id, res.train["log"])
+        mlflow.log_dict(res.model_dump(mode="json"), "eval.json")
 
     return run_stage(f"baseline-{kind}", folder_of(fp), fp, build, config=settings, tracker=tracker, log=log)
 

@@ -13,7 +13,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from patchrec.evaluation.result import EvalResult
 
 __all__ = [
     "EXPERIMENT_KIND",
@@ -159,13 +162,13 @@ def log_epochs(run_id: str, log: list[dict[str, float]]) -> None:
         MlflowClient().log_batch(run_id, metrics=metrics[i : i + 1000])
 
 
-def log_eval(result: dict[str, Any], prefix: str) -> None:
+def log_eval(result: EvalResult, prefix: str) -> None:
     """Evaluation metrics of the active run as `<prefix>_<metric>` (names carry no '@')."""
     import mlflow
 
-    metrics = {f"{prefix}_{k}": float(v) for k, v in result["metrics"].items()}
-    metrics[f"{prefix}_users_per_s"] = float(result["users_per_s"])
-    metrics[f"{prefix}_samples"] = float(result["samples"])
+    metrics = {f"{prefix}_{k}": float(v) for k, v in result.metrics.items()}
+    metrics[f"{prefix}_users_per_s"] = float(result.users_per_s)
+    metrics[f"{prefix}_samples"] = float(result.samples)
     mlflow.log_metrics(metrics)
 
 
@@ -201,17 +204,17 @@ def plot_training(curves: dict[str, dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_history_buckets(result: dict[str, Any], path: Path) -> Path:
+def plot_history_buckets(result: EvalResult, path: Path) -> Path:
     """HR@10 and HR@20 by history length bucket, with the number of samples per bucket."""
     plt = _figure()
-    buckets = result["by_history_length"]
+    buckets = result.by_history_length
     names = sorted(buckets, key=lambda b: int(b.split("-")[0].rstrip("+")))
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     x = range(len(names))
     for off, k in ((-0.2, 10), (0.2, 20)):
         ax.bar([i + off for i in x], [buckets[b].get(f"hr_{k}", 0.0) for b in names], width=0.4, label=f"HR@{k}")
     ax.set_xticks(list(x), [f"{b}\n(n={buckets[b]['n']})" for b in names])
-    ax.set(title=f"{result['split']}: HR@K by history length ({result['layout']} layout)",
+    ax.set(title=f"{result.split}: HR@K by history length ({result.layout or result.model})",
            xlabel="history length (items)", ylabel="hit rate")
     ax.legend()
     ax.grid(alpha=0.3, axis="y")

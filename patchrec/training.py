@@ -1,5 +1,6 @@
-"""One training function for PPT, PFT-I, PFT-S and SFT: label-only logits, bf16 autocast, AdamW with a
-cosine schedule and warmup, gradient clipping and accumulation, atomic checkpoints and exact resume.
+"""One training loop for every head and stage (PPT, PFT-I, PFT-S, SFT; the heads' objectives are in
+`patchrec.heads`): bf16 autocast, AdamW with a cosine schedule and warmup, gradient clipping and
+accumulation, atomic checkpoints (`patchrec.checkpoints`) and exact resume, clean stops on signals.
 
 The loop holds no module-level state: in a torchrun launch every rank runs it on its shard of each global
 micro-batch (`patchrec.distributed`), under DDP; rank 0 alone writes checkpoints, probes and progress output.
@@ -14,11 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from patchrec import stopping
 from patchrec.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_weights
@@ -27,16 +28,11 @@ from patchrec.contract import StageOutput
 from patchrec.data.sequences import SequenceStore, sample_split
 from patchrec.distributed import SINGLE, Dist
 from patchrec.hardware import use_bf16
+from patchrec.heads import Objective, Terms, head
 from patchrec.io import atomic_path, write_json
-from patchrec.model import attach_trainable, load_trainable
-from patchrec.patching import Batch, CatalogTable, assemble, item_patches, layout_kinds
-from patchrec.prompts import PromptPieces
 from patchrec.runtime import Base, RunSpec, Runtime, read_items
-from patchrec.scoring import Layout, ScoringModel, catalog_loss, plan_windows, scoring_model, window_rows
 
-__all__ = ["GenerativeObjective", "NonFiniteLoss", "Objective", "ScoringObjective", "StageResult", "Terms",
-           "batch_plan", "fit", "label_loss", "latest_checkpoint", "load_init", "make_batch", "save_checkpoint",
-           "train_run"]
+__all__ = ["NonFiniteLoss", "StageResult", "fit", "load_init", "train_run"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -63,131 +59,6 @@ class StageResult:
         return asdict(self)
 
 
-def batch_plan(store: SequenceStore, cfg: TrainConfig) -> list[np.ndarray]:
-    """Deterministic micro-batches of train sample indices (length-grouped within mega-batches)."""
-    rng = np.random.default_rng(cfg.seed)
-    base = store.indices("train")
-    batches: list[np.ndarray] = []
-    for _ in range(cfg.epochs):
-        idx = rng.permutation(base)
-        if cfg.max_samples:
-            idx = idx[: cfg.max_samples]
-        if cfg.length_grouped:
-            lens = np.minimum(store.sample_pos[idx], cfg.max_history)
-            mega = cfg.batch_size * 32
-            idx = np.concatenate([c[np.argsort(-lens[s : s + mega], kind="stable")]
-                                  for s, c in ((s, idx[s : s + mega]) for s in range(0, len(idx), mega))])
-        chunks = [idx[s : s + cfg.batch_size] for s in range(0, len(idx), cfg.batch_size)]
-        order = rng.permutation(len(chunks)) if cfg.length_grouped else np.arange(len(chunks))
-        batches += [chunks[i] for i in order]
-    return batches
-
-
-def make_batch(store: SequenceStore, idx: np.ndarray, cfg: TrainConfig, catalog: CatalogTable, pieces: PromptPieces,
-               embed, compress_prob: float, generator: torch.Generator) -> tuple[Batch, float]:
-    """Assemble one micro-batch; PPT adds the all-text copy of each sample when `textual_copy`."""
-    hists, targets = zip(*(store.sample(int(i)) for i in idx))
-    lengths = torch.tensor([len(h) for h in hists])
-    flat = torch.from_numpy(np.concatenate(hists).astype(np.int64))
-    tg = torch.tensor(targets)
-    kinds, groups = layout_kinds(lengths, cfg.layout, k=cfg.k, group=cfg.group, compress_prob=compress_prob,
-                                 generator=generator)
-    share = float((kinds != 0).float().mean())
-    if cfg.stage == "ppt" and cfg.textual_copy:
-        lengths, flat, tg = lengths.repeat(2), flat.repeat(2), tg.repeat(2)
-        kinds = torch.cat([kinds, torch.zeros_like(kinds)])
-        groups = torch.cat([groups, groups])
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
-    return assemble(flat, offsets, tg, kinds, groups, catalog, pieces, embed), share
-
-
-def label_loss(model, batch: Batch, reduction: str = "mean") -> Tensor:
-    """Cross-entropy (mean or sum over label tokens) from logits at label positions only (not the full
-    (B, S, V) logits)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).last_hidden_state
-    b, t = torch.nonzero(batch.labels[:, 1:] != -100, as_tuple=True)  # predict token t+1 from position t
-    logits = base.lm_head(hidden[b, t])  # (n_labels, V)
-    return torch.nn.functional.cross_entropy(logits.float(), batch.labels[b, t + 1], reduction=reduction)
-
-
-class Terms(NamedTuple):
-    """The loss of one micro-batch (or one rank's shard of it)."""
-
-    total: Tensor  # the sum of its loss terms (label tokens or target positions)
-    terms: int  # how many terms the sum has
-    targets: int  # targets trained
-    share: float  # share of history items given as patches
-
-
-class Objective(Protocol):
-    """What `fit` trains: a deterministic batch plan and the loss of one micro-batch."""
-
-    def plan(self) -> list[np.ndarray]:
-        """Micro-batches for the whole run (every epoch), the same on every call."""
-        ...
-
-    def refresh(self, model) -> None:
-        """Recompute what follows the weights (patch tables) after loading or an optimizer step."""
-        ...
-
-    def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> Terms:
-        """The summed loss terms of a (non-empty) micro-batch or shard."""
-        ...
-
-
-class GenerativeObjective:
-    """The paper's head: one prompt per sample, title tokens of the target as labels (PPT, PFT, SFT)."""
-
-    def __init__(self, store: SequenceStore, catalog: CatalogTable, pieces: PromptPieces, cfg: TrainConfig):
-        self.store, self.catalog, self.pieces, self.cfg = store, catalog, pieces, cfg
-
-    def plan(self) -> list[np.ndarray]:
-        return batch_plan(self.store, self.cfg)
-
-    def refresh(self, model) -> None:
-        cat, dev = self.catalog, next(model.parameters()).device
-        if cat.title_ids.device != dev:
-            moved = cat.to(dev)
-            cat.title_ids, cat.title_len, cat.patches = moved.title_ids, moved.title_len, moved.patches
-        if cat.patches is None or self.cfg.finetune == "full":  # the table follows the embeddings
-            with torch.no_grad():
-                cat.patches = item_patches(model.get_input_embeddings(), cat.title_ids, cat.title_len)
-
-    def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> Terms:
-        p = progress if self.cfg.stage == "ppt" else 0.0  # the PPT curriculum: compress with probability p
-        batch, share = make_batch(self.store, micro, self.cfg, self.catalog, self.pieces, model.get_input_embeddings(),
-                                  p, generator)
-        return Terms(label_loss(model, batch, "sum"), int((batch.labels[:, 1:] != -100).sum()), len(micro), share)
-
-
-class ScoringObjective:
-    """The catalog scoring head: windows of a user's sequence, every train target of a window in one pass."""
-
-    def __init__(self, store: SequenceStore, cfg: TrainConfig):
-        self.store, self.cfg, self.layout = store, cfg, Layout.of(cfg)
-        self.windows, self.is_target = plan_windows(store, self.layout)
-        if not len(self.windows):
-            raise ValueError("no training window: the train split has no targets")
-
-    def plan(self) -> list[np.ndarray]:
-        rng = np.random.default_rng(self.cfg.seed)
-        out: list[np.ndarray] = []
-        for _ in range(self.cfg.epochs):
-            idx = rng.permutation(len(self.windows))[: self.cfg.max_samples or None]
-            out += [idx[s : s + self.cfg.batch_size] for s in range(0, len(idx), self.cfg.batch_size)]
-        return out
-
-    def refresh(self, model) -> None:
-        pass  # item patches stay those of the base embeddings; the learned correction carries the rest
-
-    def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> Terms:
-        rows = window_rows(self.store, self.windows, micro, self.is_target, model.item_vectors(), model.start(),
-                           self.layout)
-        n = len(rows.targets)
-        return Terms(catalog_loss(model, rows, self.cfg.negatives, generator, "sum"), n, n, rows.compressed)
-
-
 class _Step(nn.Module):
     """An objective's loss as a module's forward: what DDP and FSDP wrap (their hooks are armed by forward)."""
 
@@ -210,19 +81,8 @@ def _lr_factor(progress: float, warmup: float, step_share: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))))
 
 
-BEST = "best_probe.pt"  # with keep_best: the trainable weights of the best validation probe so far
-
-
-def _param_groups(model, cfg: TrainConfig) -> list[dict[str, Any]]:
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    items = [p for n, p in named if n == "item_delta"]
-    groups: list[dict[str, Any]] = [{"params": [p for n, p in named if n != "item_delta"]}]
-    if items:
-        groups.append({"params": items, "lr": cfg.item_lr or cfg.lr, "weight_decay": 0.0})
-    return groups
-
-
 Probe = Callable[[Any], dict[str, float]]  # model -> validation metrics, for the learning curve
+BEST = "best_probe.pt"  # with keep_best: the trainable weights of the best validation probe so far
 
 
 def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps: int | None = None,
@@ -254,7 +114,7 @@ def fit(model, objective: Objective, cfg: TrainConfig, out_dir: Path, max_steps:
     total = math.ceil(len(plan) / cfg.grad_accum)
     engine = dist.wrap(_Step(model, objective))  # before the optimizer: FSDP replaces the parameters by shards
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(objective.param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     is_main = dist.is_main
     start = 0
@@ -392,14 +252,11 @@ def train_run(data_dir: Path, out_dir: Path, spec: RunSpec, init_from: Path | No
     base = Base(items.title.astype(str).tolist(), spec.model, spec.prompt, catalog_file)
     torch.manual_seed(cfg.seed)
     store = SequenceStore(data_dir, max_history=cfg.max_history)
-    if cfg.head == "scoring":
-        model = scoring_model(base.model, cfg, base.new_tokens, base.catalog)
-        objective: Objective = ScoringObjective(store, cfg)
-    else:
-        model = attach_trainable(base.model, cfg, base.new_tokens)
-        objective = GenerativeObjective(store, base.catalog, base.pieces, cfg)
+    h = head(cfg.head)
+    model = h.model(base, cfg, trained=True)
+    objective = h.objective(store, base, cfg)
     if init_from is not None and latest_checkpoint(out_dir / "checkpoints") is None:
-        load_init(model, Path(init_from) / "trainable.pt")
+        load_init(model, Path(init_from) / "trainable.pt", cfg)
     probes = cfg.curve_every_s and (dist.is_main or dist.sharded)  # under FSDP every rank takes part in a probe
     probe = _val_probe(items, spec, base, model, data_dir) if probes else None
     result = fit(model, objective, cfg, out_dir, dist=dist, progress=progress, probe=probe)
@@ -416,12 +273,10 @@ def train_run(data_dir: Path, out_dir: Path, spec: RunSpec, init_from: Path | No
     return StageOutput(metrics=metrics)
 
 
-def load_init(model, path: Path) -> None:
-    """Start from another run's `trainable.pt`: a champion of the same head, or a PPT run's LM weights
-    under a scoring head (the head's own weights then start fresh)."""
+def load_init(model, path: Path, cfg: TrainConfig) -> None:
+    """Start from another run's `trainable.pt` (a PPT run or a champion), as the stage's head reads it."""
     state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)  # read once
-    lm_only = isinstance(model, ScoringModel) and not any(k == "item_delta" or k.startswith("lm.") for k in state)
-    load_trainable(model.lm if lm_only else model, path, state)
+    head(cfg.head).load_init(model, path, state)
 
 
 def _val_probe(items, spec: RunSpec, base: Base, model, data_dir: Path) -> Probe:

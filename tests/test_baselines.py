@@ -55,10 +55,13 @@ def test_popularity_ranks_training_targets_by_count(tiny_data, tmp_path):
     counts = popularity_scores(store, 40)
     assert counts.sum() == len(store.indices("train"))
     res = evaluate_baseline("popularity", tiny_data, tmp_path / "pop", progress=False)
-    ranked = __import__("pandas").read_parquet(tmp_path / "pop" / "ranks.parquet").ranked
+    from patchrec.evaluation.result import read_ranks, read_result
+
+    ranked = read_ranks(tmp_path / "pop").ranked
     order = np.argsort(-counts, kind="stable")[:20].tolist()
     assert all(list(r) == order for r in ranked)
-    assert res["samples"] == len(store.indices("test")) and "masked_hr_20" in res["metrics"]
+    assert res.samples == len(store.indices("test")) and "masked_hr_20" in res.metrics
+    assert read_result(tmp_path / "pop") == res and res.model == "popularity"
 
 
 def test_sasrec_learns_the_stride_pattern(tiny_data, tmp_path):
@@ -67,6 +70,34 @@ def test_sasrec_learns_the_stride_pattern(tiny_data, tmp_path):
     pop = evaluate_baseline("popularity", tiny_data, tmp_path / "pop", progress=False)
     cfg = SASRecConfig(hidden=32, layers=1, heads=1, max_len=20, batch_size=16, lr=5e-3, max_epochs=60, patience=60)
     res = evaluate_baseline("sasrec", tiny_data, tmp_path / "sas", sasrec=cfg, progress=False)
-    log = res["train"]["log"]
+    log = res.train["log"]
     assert log[-1]["loss"] < log[0]["loss"] - 1.0
-    assert res["metrics"]["hr_10"] > pop["metrics"]["hr_10"] + 0.2
+    assert res.metrics["hr_10"] > pop.metrics["hr_10"] + 0.2
+
+
+def test_every_model_writes_one_eval_schema(tiny_data, tmp_path):
+    """eval.json was written in two places with different keys; ranks.parquet had masked_rank for baselines
+    only. Now one writer: the same columns and a validated schema for a baseline and an LLM head."""
+    import json
+
+    import pytest
+
+    from patchrec.baselines import evaluate_baseline
+    from patchrec.config import EvalConfig, ModelConfig, TrainConfig
+    from patchrec.evaluation.result import RANK_COLUMNS, read_ranks, read_result
+    from patchrec.evaluation.split import evaluate_split
+    from patchrec.runtime import RunSpec, Runtime, read_items
+
+    evaluate_baseline("popularity", tiny_data, tmp_path / "pop", progress=False)
+    spec = RunSpec(train=TrainConfig(stage="pft", layout="item", head="scoring", context=4, stride=4),
+                   model=ModelConfig(base="tiny", tiny_hidden=16, tiny_layers=1, cache_dir=tmp_path / "m"))
+    runtime = Runtime.load(read_items(tiny_data / "items.parquet"), spec)
+    evaluate_split(runtime, tiny_data, tmp_path / "llm", EvalConfig(split="test", max_samples=None), progress=False)
+    for folder in ("pop", "llm"):
+        assert tuple(read_ranks(tmp_path / folder).columns) == RANK_COLUMNS
+        res = read_result(tmp_path / folder)
+        assert res.samples == len(read_ranks(tmp_path / folder)) and "masked_hr_20" in res.metrics
+    assert read_result(tmp_path / "llm").model == "scoring" and read_result(tmp_path / "llm").layout == "item"
+    (tmp_path / "pop" / "eval.json").write_text(json.dumps({"split": "test"}))
+    with pytest.raises(ValueError, match=r"pop/eval\.json is not an evaluation result"):
+        read_result(tmp_path / "pop")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from patchrec.evaluation.beam import rank_batch, rank_one
-from patchrec.evaluation.trie import TitleTrie
+from patchrec.heads.generative.beam import rank_batch, rank_one
+from patchrec.heads.generative.trie import TitleTrie
 from patchrec.model import add_prompt_tokens, build_tiny
 from patchrec.patching import CatalogTable, assemble, item_patches, layout_kinds
 from patchrec.prompts import PromptConfig, render_pieces, tokenize_titles
@@ -107,7 +107,7 @@ def test_decoding_reads_each_prompt_once_for_all_its_beams():
     """Decoding steps attend through `beam_attention`: a user's prompt keys are one row for all its beams."""
     from transformers import AttentionInterface
 
-    from patchrec.evaluation import beam
+    from patchrec.heads.generative import beam
 
     model, pieces, catalog, trie = _setup()
     prompts = [_prompt(model, pieces, catalog, h) for h in ([0, 5], [3, 1, 4, 1, 5])]

@@ -15,9 +15,10 @@ from patchrec.config import DataConfig, EvalConfig, GenericSource, ModelConfig, 
 from patchrec.data.prepare import prepare_data
 from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.split import evaluate_split
+from patchrec.heads.scoring import ScoringObjective
+from patchrec.heads.scoring.model import Layout, assemble_rows, history_row, plan_windows, scoring_model, window_rows
 from patchrec.runtime import Base, RunSpec, Runtime, read_items
-from patchrec.scoring import Layout, assemble_rows, history_row, plan_windows, scoring_model, window_rows
-from patchrec.training import ScoringObjective, fit, train_run
+from patchrec.training import fit, train_run
 from tests.conftest import write
 
 N_ITEMS = 24
@@ -126,8 +127,8 @@ def test_the_tiny_model_learns_the_sequential_pattern(data, tmp_path):
     assert res.metrics["samples"] > 0
     runtime = Runtime.load(read_items(data / "items.parquet"), spec, tmp_path / "run" / "trainable.pt")
     ecfg = EvalConfig(split="test", max_samples=None, bf16=False)
-    got = evaluate_split(runtime, data, tmp_path / "eval", ecfg, progress=False)["metrics"]
-    pop = evaluate_baseline("popularity", data, tmp_path / "pop", split="test", progress=False)["metrics"]
+    got = evaluate_split(runtime, data, tmp_path / "eval", ecfg, progress=False).metrics
+    pop = evaluate_baseline("popularity", data, tmp_path / "pop", split="test", progress=False).metrics
     assert got["hr_5"] >= 0.5 and got["hr_5"] > 3 * pop["hr_5"] + 0.1, (got["hr_5"], pop["hr_5"])
     curve = json.loads((tmp_path / "run" / "training.json").read_text())
     assert curve["losses"][-1] < 0.5 * curve["losses"][0]
@@ -176,7 +177,7 @@ def test_warm_start_from_a_champion_or_a_ppt_run(data, tmp_path):
     _, base, trained = _model(data, spec, seed=3)
     torch.save(trainable_weights(trained), tmp_path / "champion.pt")
     _, _, fresh = _model(data, spec, seed=4)
-    load_init(fresh, tmp_path / "champion.pt")
+    load_init(fresh, tmp_path / "champion.pt", spec.train)
     for (n, p), (_, q) in zip(trained.named_parameters(), fresh.named_parameters(), strict=True):
         if p.requires_grad:
             torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
@@ -190,13 +191,13 @@ def test_warm_start_from_a_champion_or_a_ppt_run(data, tmp_path):
                 p.fill_(0.5)
     torch.save(trainable_weights(ppt), tmp_path / "ppt.pt")
     _, _, scoring = _model(data, spec, seed=5)
-    load_init(scoring, tmp_path / "ppt.pt")
+    load_init(scoring, tmp_path / "ppt.pt", spec.train)
     lora_b = [p for n, p in scoring.named_parameters() if "lora_B" in n]
     assert lora_b and all(bool((p == 0.5).all()) for p in lora_b)
 
 
 def test_sampled_softmax_covering_the_catalog_equals_the_full_softmax(data):
-    from patchrec.scoring import catalog_loss
+    from patchrec.heads.scoring.model import catalog_loss
 
     spec = _spec()
     _, _, model = _model(data, spec)

@@ -12,10 +12,11 @@ from patchrec.checkpoints import latest_checkpoint
 from patchrec.config import DataConfig, GenericSource, TrainConfig
 from patchrec.data.prepare import prepare_data
 from patchrec.data.sequences import SequenceStore
+from patchrec.heads.generative import GenerativeObjective
 from patchrec.model import add_prompt_tokens, attach_trainable, build_tiny
 from patchrec.patching import CatalogTable
 from patchrec.prompts import PromptConfig, render_pieces, tokenize_titles
-from patchrec.training import GenerativeObjective, fit
+from patchrec.training import fit
 from tests.conftest import write
 
 WORDS = ["Red", "Blue", "Night", "Day", "Star", "River", "King", "Ghost", "City", "Dream"]
@@ -146,7 +147,8 @@ def test_a_planted_pickle_in_a_checkpoint_is_not_executed(data, tmp_path):
 
 def test_a_nan_loss_stops_training_before_any_update_is_saved(data, tmp_path):
     """Audit: NaN settings trained on a NaN loss and stored the NaN as null in an unreadable manifest."""
-    from patchrec.training import NonFiniteLoss, Terms
+    from patchrec.heads import Terms
+    from patchrec.training import NonFiniteLoss
 
     store = SequenceStore(data, max_history=20)
     cfg = _cfg(checkpoint_every=1)

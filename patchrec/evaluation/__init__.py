@@ -1,1 +1,1 @@
-"""Ranking (constrained beam search over catalog titles) and metrics."""
+"""Evaluation: the split driver (any head's ranker over a split) and the metrics."""

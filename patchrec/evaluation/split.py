@@ -1,13 +1,11 @@
-"""Rank a deterministic sample of a split with any `Ranker` and write `eval.json` + `ranks.parquet`."""
+"""Rank a deterministic sample of a split with any head's `Ranker` and write its `EvalResult`."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from patchrec.config import EvalConfig
 from patchrec.data.sequences import SequenceStore, sample_split
@@ -19,14 +17,14 @@ from patchrec.evaluation.metrics import (
     masked_ranks,
     summarize_ranks,
 )
-from patchrec.io import atomic_path, write_json
+from patchrec.evaluation.result import EvalResult, write_result
 from patchrec.runtime import Runtime
 
 __all__ = ["evaluate_split"]
 
 
 def evaluate_split(runtime: Runtime, data_dir: Path, out_dir: Path, ecfg: EvalConfig,
-                   progress: bool = True, dist: Dist = SINGLE) -> dict[str, Any]:
+                   progress: bool = True, dist: Dist = SINGLE) -> EvalResult:
     """Rank `ecfg.split` with the run's layout and head; write eval.json and ranks.parquet into `out_dir`.
 
     Users are batched by history length (similar prompt lengths: little padding). Under torchrun the ranker's
@@ -34,8 +32,8 @@ def evaluate_split(runtime: Runtime, data_dir: Path, out_dir: Path, ecfg: EvalCo
     rank, so the merged ranks are those of one process); rank 0 merges them and writes the files.
 
     Returns:
-        The eval.json object: split, samples, layout, users_per_s, prompt_tokens_mean, metrics (exact item
-        id, plain and history-masked, plus the release's lenient title match) and by_history_length.
+        The `EvalResult` (eval.json): metrics by exact item id, plain and history-masked, plus the release's
+        lenient title match, and by history length.
     """
     ranker = runtime.ranker(num_beams=ecfg.num_beams, length_penalty=ecfg.length_penalty, bf16=ecfg.bf16,
                             mask_history=ecfg.mask_history, batch_size=ecfg.batch_size)
@@ -66,7 +64,6 @@ def evaluate_split(runtime: Runtime, data_dir: Path, out_dir: Path, ecfg: EvalCo
         merged[j] = m
     ranked, tokens = [m[0] for m in merged], [m[1] for m in merged]
     users = store.sample_user[idx].astype(np.int64)
-    hist_len = np.array([len(h) for h in hists], dtype=np.int64)
     ranks = first_ranks(ranked, targets)
     titles = runtime.items.title.astype(str).tolist()
     lenient = lenient_paper_ranks([[titles[j] for j in lst] for lst in ranked], [titles[t] for t in targets])
@@ -74,15 +71,11 @@ def evaluate_split(runtime: Runtime, data_dir: Path, out_dir: Path, ecfg: EvalCo
     masked = masked_ranks(ranked, hists, targets, ecfg.top_k)
     metrics.update({f"masked_{k}": v for k, v in summarize_ranks(masked, users).items()})
     metrics.update({f"paper_lenient_hr_{k}": float(np.mean((lenient >= 0) & (lenient < k))) for k in (5, 10, 20)})
-    result = {"split": ecfg.split, "samples": len(idx), "layout": runtime.layout,
-              "users_per_s": len(idx) / seconds if seconds else 0.0,
-              "prompt_tokens_mean": float(np.mean(tokens)) if tokens else 0.0, "metrics": metrics,
-              "by_history_length": by_history_length(ranks, hist_len)}
+    extra = {"layout": runtime.layout, "prompt_tokens_mean": float(np.mean(tokens)) if tokens else 0.0}
     if not dist.is_main:
-        return result
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir / "ranks.parquet") as tmp:
-        pd.DataFrame({"sample": idx, "user_idx": users, "target": targets, "rank": ranks, "history_len": hist_len,
-                      "ranked": ranked}).to_parquet(tmp)
-    write_json(result, out_dir / "eval.json")
-    return result
+        return EvalResult(model=runtime.spec.train.head, split=ecfg.split, samples=len(idx),
+                          users_per_s=len(idx) / max(seconds, 1e-9), metrics=metrics,
+                          by_history_length=by_history_length(ranks, np.array([len(h) for h in hists])), **extra)
+    return write_result(out_dir, model=runtime.spec.train.head, split=ecfg.split, seconds=seconds, metrics=metrics,
+                        sample=idx, users=users, targets=list(targets), ranks=ranks, masked=masked, histories=hists,
+                        ranked=ranked, **extra)

@@ -1,4 +1,4 @@
-"""The catalog scoring head: sequence-level training over patch windows and exact full-catalog ranking.
+"""The catalog scoring head's model: sequence-level training over patch windows and exact full-catalog ranking.
 
 Training. A user's chronological sequence is cut into windows, and one causal pass over a window
 predicts every train target in it. A window serves a block of `stride` consecutive target positions
@@ -30,8 +30,10 @@ from patchrec.hardware import use_bf16
 from patchrec.model import attach_trainable
 from patchrec.patching import CatalogTable, item_patches
 
-__all__ = ["Layout", "Rows", "ScoringModel", "Windows", "assemble_rows", "catalog_loss", "history_row", "plan_windows",
-           "scoring_model", "window_rows"]
+__all__ = ["ITEM_TABLE", "Layout", "Rows", "ScoringModel", "Windows", "assemble_rows", "catalog_loss", "history_row",
+           "plan_windows", "scoring_model", "window_rows"]
+
+ITEM_TABLE = "item_delta"  # the parameter name of the learned per-item correction
 
 
 @dataclass(frozen=True)

@@ -16,25 +16,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from transformers import AttentionInterface
 
-from patchrec.evaluation.trie import TitleTrie
+from patchrec.heads.base import Ranking
+from patchrec.heads.generative.trie import TitleTrie
 
-__all__ = ["BeamCache", "Ranking", "beam_attention", "rank_batch", "rank_one"]
+__all__ = ["BeamCache", "beam_attention", "rank_batch", "rank_one"]
 
 ATTENTION = "patchrec_beams"  # the attention implementation of the decoding steps
 _ACTIVE: ContextVar[BeamCache | None] = ContextVar("patchrec_beam_cache", default=None)
-
-
-@dataclass
-class Ranking:
-    items: list[int]  # catalog item indices, best first
-    scores: list[float]
-    prompt_tokens: int = 0  # positions of the prefilled prompt
 
 
 @torch.no_grad()
