@@ -52,23 +52,12 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _kinds(lengths, mode, k, group):
-    from patchrec.patching import layout_kinds
-
-    return layout_kinds(lengths, mode, k=k, group=group)
-
-
 def _batch(store, idx, s, mode, max_hist, k, group, targets=True):
-    from patchrec.patching import assemble
+    from patchrec.patching import prompt_batch
 
     hists, tg = zip(*(store.sample(int(i)) for i in idx))
-    hists = [h[-max_hist:] for h in hists]
-    lengths = torch.tensor([len(h) for h in hists])
-    flat = torch.from_numpy(np.concatenate(hists).astype(np.int64))
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
-    kinds, groups = _kinds(lengths, mode, k, group)
-    return assemble(flat, offsets, torch.tensor(tg) if targets else None, kinds, groups, s.catalog, s.pieces,
-                    s.model.get_input_embeddings())
+    return prompt_batch([h[-max_hist:] for h in hists], s.catalog, s.pieces, s.model.get_input_embeddings(), mode,
+                        k=k, group=group, targets=tg if targets else None)[0]
 
 
 def tokens_per_prompt(setup_for, work: Path, paper: Path = PAPER) -> dict:
@@ -103,13 +92,15 @@ def _patches(s):
 
 def _naive_batch(store, idx, s, mode, max_hist, k, group):
     """The authors' way: a Python loop per sample and per item, one embedding call per item title."""
+    from patchrec.patching import layout_kinds
+
     E = s.model.get_input_embeddings()
     dev = E.weight.device
     rows, labels = [], []
     for i in idx:
         h, t = store.sample(int(i))
         h = h[-max_hist:]
-        kinds, groups = _kinds(torch.tensor([len(h)]), mode, k, group)
+        kinds, groups = layout_kinds(torch.tensor([len(h)]), mode, k=k, group=group)
         emb, lab = [E(torch.tensor(s.pieces.prefix, device=dev))], [-100] * len(s.pieces.prefix)
         j = 0
         while j < len(h):

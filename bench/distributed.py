@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 
 from bench.core import PAPER, REPO, _prepared
+from patchrec.profiles import SCORING_RECIPE
 
 HEADS = {  # name: TrainConfig fields
-    "scoring (item patches)": dict(stage="pft", layout="item", head="scoring", context=30, stride=70, lr=1e-3,
-                                   lora_dropout=0.0),
+    "scoring (item patches)": {k: v for k, v in SCORING_RECIPE.items() if k not in ("batch_size", "epochs",
+                                                                                      "checkpoint_every")},
     "generative PFT-S(5)": dict(stage="pft", layout="session", group=5, max_history=100, lora_dropout=0.0),
 }
 

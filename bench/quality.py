@@ -33,7 +33,7 @@ from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.metrics import bootstrap_ci, by_history_length, paired_bootstrap_diff, summarize_ranks
 from patchrec.evaluation.result import EvalResult, read_ranks, read_result
 from patchrec.io import read_json, write_json
-from patchrec.profiles import PROJECT_ROOT
+from patchrec.profiles import PROJECT_ROOT, SCORING_RECIPE
 from patchrec.runtime import RunSpec
 from patchrec.stages import baseline_into, data_record, evaluate_into, train_into
 
@@ -50,9 +50,8 @@ def variants(seconds: float, lr: float, keep_best: bool = True) -> dict[str, dic
     `keep_best`: scoring-head variants keep the weights of their best validation probe."""
     half = seconds / 2
     gen = dict(max_seconds=seconds, lr=lr, curve_every_s=seconds / 2, curve_samples=32)
-    scoring = dict(stage="pft", head="scoring", layout="item", context=30, stride=70, batch_size=16, lr=1e-3,
-                   lora_dropout=0.0, epochs=100, max_seconds=seconds, curve_every_s=seconds / 6, curve_samples=256,
-                   keep_best=keep_best, checkpoint_every=100)
+    scoring = SCORING_RECIPE | dict(max_seconds=seconds, curve_every_s=seconds / 6, curve_samples=256,
+                                    keep_best=keep_best, checkpoint_every=100)
     # PPT also trains on each sample's all-text copy: micro-batches of 4 (x2 accumulation) keep the peak memory
     # of 100-item text prompts under ~12 GB on a CPU (batches of 8 were OOM-killed at 24 GB).
     ppt = TrainConfig(stage="ppt", layout="mixed", max_history=100, lr=lr, batch_size=4, grad_accum=2,

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from patchrec.config import ModelConfig
 from patchrec.contract import StageOutput
 from patchrec.data.sequences import SequenceStore
 from patchrec.io import atomic_path, file_digest
-from patchrec.patching import assemble, item_patches, layout_kinds
+from patchrec.patching import item_patches, prompt_batch
 from patchrec.prompts import PromptConfig
 from patchrec.runtime import Base, read_items
 
@@ -55,14 +54,8 @@ def build_catalog_table(data_dir: Path, out_dir: Path, mcfg: ModelConfig, prompt
     tokens: dict[str, float] = {name: 0.0 for name in PROMPT_LAYOUTS}  # an empty split: no prompt to measure
     with torch.no_grad():
         for name, (layout, k, group) in PROMPT_LAYOUTS.items() if hists else ():
-            lengths = torch.tensor([len(h) for h in hists], dtype=torch.long)
-            kinds, groups = layout_kinds(lengths, layout, k=k, group=group)
-            flat = (
-                torch.from_numpy(np.concatenate(hists).astype(np.int64)) if hists else torch.zeros(0, dtype=torch.long)
-            )
-            offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
-            batch = assemble(flat, offsets, None, kinds, groups, cat, base.pieces, embed)
-            tokens[name] = float(batch.lengths.float().mean()) if len(idx) else 0.0
+            batch, _ = prompt_batch(hists, cat, base.pieces, embed, layout, k=k, group=group)
+            tokens[name] = float(batch.lengths.float().mean())
     lens = cat.title_len.float()
     return StageOutput(
         metrics={"items": float(len(lens)), "title_tokens_mean": float(lens.mean())},

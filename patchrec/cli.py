@@ -58,8 +58,9 @@ def _cmd_data_formats(args: argparse.Namespace) -> int:
 
 def _model_config(args: argparse.Namespace) -> Any:
     from patchrec.config import ModelConfig
+    from patchrec.recommender import default_model_cache
 
-    return ModelConfig(base=args.base, cache_dir=args.model_cache)
+    return ModelConfig(base=args.base, cache_dir=args.model_cache or default_model_cache())
 
 
 def _launch(args: argparse.Namespace) -> Any:
@@ -76,17 +77,52 @@ def _add_launch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rdzv-endpoint", help="host:port of the rendezvous when nnodes > 1")
 
 
+def _add_config_flags(parser: argparse.ArgumentParser, model: type, skip: tuple[str, ...] = (),
+                      required: tuple[str, ...] = (), aliases: dict[str, str] | None = None) -> list[str]:
+    """One `--flag` per scalar field of the pydantic config `model` (name, choices and help from the field); a
+    flag left out keeps the config's default. Returns the field names added."""
+    import types
+    import typing
+
+    names = []
+    for name, info in model.model_fields.items():
+        if name in skip:
+            continue
+        ann = info.annotation
+        union = typing.get_origin(ann) in (typing.Union, types.UnionType)
+        kinds = [a for a in typing.get_args(ann) if a is not type(None)] if union else [ann]
+        literals = [v for a in kinds if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
+        plain = [a for a in kinds if typing.get_origin(a) is not typing.Literal]
+        if any(a not in (int, float, str, bool) for a in plain):
+            continue  # tuples, paths, nested configs: set them in a profile
+        flag = "--" + name.replace("_", "-")
+        kw: dict[str, Any] = {"dest": name, "help": (info.description or "") + (
+            "" if info.is_required() else f" (default {info.default})")}
+        if plain == [bool] and not literals:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif literals and not plain:
+            kw["choices"] = literals
+        elif plain == [bool] or (bool in plain and literals):
+            kw["type"] = lambda v, lit=tuple(literals): v if v in lit else v.lower() in ("1", "true", "yes")
+        else:
+            kw["type"] = plain[0]
+        flags = [flag, *([aliases[name]] if aliases and name in aliases else [])]
+        parser.add_argument(*flags, required=name in required, **kw)
+        names.append(name)
+    return names
+
+
+def _given(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from patchrec.config import TrainConfig
     from patchrec.contract import StageRecord, read_manifest
     from patchrec.runtime import RunSpec
     from patchrec.stages import data_record, train_into
 
-    fields = {k: getattr(args, k) for k in ("stage", "layout", "head", "k", "group", "max_history", "max_samples",
-                                            "epochs", "batch_size", "grad_accum", "lr", "finetune", "seed", "context",
-                                            "stride", "sessions", "max_seconds")
-              if getattr(args, k) is not None}
-    spec = RunSpec(train=TrainConfig(**fields), model=_model_config(args))
+    spec = RunSpec(train=TrainConfig(**_given(args, args.config_fields)), model=_model_config(args))
     init = StageRecord.of(args.init_from.resolve(), read_manifest(args.init_from), True) if args.init_from else None
     rec = train_into(lambda fp: args.out, spec.train.stage, spec, data_record(args.data), init=init,
                      launch=_launch(args))
@@ -100,7 +136,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from patchrec.evaluation.result import read_result
     from patchrec.stages import data_record, evaluate_into
 
-    ecfg = EvalConfig(split=args.split, max_samples=args.max_samples, num_beams=args.beams, top_k=args.top_k)
+    ecfg = EvalConfig(**_given(args, args.config_fields))
     run = StageRecord.of(args.run.resolve(), read_manifest(args.run), reused=True)
     rec = evaluate_into(lambda fp: args.out, ecfg, data_record(args.data), run, launch=_launch(args))
     res = read_result(rec.dir)
@@ -286,21 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr = top.add_parser("train", help="train one stage: ppt (patch pre-training), pft (patch fine-tuning) or sft")
     tr.add_argument("--data", required=True, type=Path, help="a prepared data folder")
     tr.add_argument("--out", required=True, type=Path, help="run folder (resumes from its checkpoints)")
-    tr.add_argument("--stage", required=True, choices=["ppt", "pft", "sft"])
-    tr.add_argument("--layout", required=True, choices=["mixed", "item", "session", "text"],
-                    help="ppt: mixed; pft: item (PFT-I) or session (PFT-S); sft: text")
     tr.add_argument("--init-from", type=Path, help="PFT: the PPT run folder to start from")
     tr.add_argument("--base", default="smollm2", help="smollm2 (default), tiny, or a local HF model folder")
-    tr.add_argument("--model-cache", type=Path, default=Path(".state/models"), help="where converted models are cached")
-    from patchrec.heads import HEADS
+    tr.add_argument("--model-cache", type=Path, help="where converted models are cached (default "
+                    "$PATCHREC_MODEL_CACHE, else <state folder>/models)")
+    from patchrec.config import EvalConfig, TrainConfig
 
-    tr.add_argument("--head", choices=sorted(HEADS),
-                    help="generative (default: title decoding, the paper's) or scoring (catalog scoring head, pft)")
-    for name, typ in (("k", int), ("group", int), ("max-history", int), ("max-samples", int), ("epochs", int),
-                      ("batch-size", int), ("grad-accum", int), ("lr", float), ("seed", int), ("context", int),
-                      ("stride", int), ("sessions", int), ("max-seconds", float)):
-        tr.add_argument(f"--{name}", type=typ)
-    tr.add_argument("--finetune", choices=["lora", "full"])
+    tr.set_defaults(config_fields=_add_config_flags(tr, TrainConfig, required=("stage", "layout")))
     _add_launch(tr)
     tr.add_argument("--sharding", choices=["ddp", "fsdp"], default="ddp",
                     help="with several ranks: whole model per rank (ddp) or sharded weights and optimizer (fsdp)")
@@ -310,10 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, type=Path, help="a prepared data folder")
     ev.add_argument("--run", required=True, type=Path, help="a finished run folder (its config gives the layout)")
     ev.add_argument("--out", required=True, type=Path, help="folder for eval.json and ranks.parquet")
-    ev.add_argument("--split", default="test", choices=["val", "test"])
-    ev.add_argument("--max-samples", type=int, default=200, help="deterministic sample of targets to rank")
-    ev.add_argument("--beams", type=int, default=20)
-    ev.add_argument("--top-k", type=int, default=20)
+    ev.set_defaults(config_fields=_add_config_flags(ev, EvalConfig, aliases={"num_beams": "--beams"}))
     ev.add_argument("--json", action="store_true", help="print eval.json")
     _add_launch(ev)
     ev.set_defaults(func=_cmd_evaluate)
@@ -398,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as exc:  # SIGTERM / SIGINT: what was finished is kept, and says so
         print(f"patchrec: {exc}", file=sys.stderr)
         return 128 + exc.signum
+    except ValidationError as exc:  # a setting out of its range: one line per field, no pydantic banner
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or exc.title}: {e['msg']} (got {str(e.get('input'))[:60]})"
+                             for e in exc.errors())
+        print(f"patchrec: error: invalid {exc.title}: {problems}", file=sys.stderr)
+        return 2
     except (SourceError, IngestError, ValidationFailed, FileNotFoundError, ValueError, ValidationError, RuntimeError,
             TimeoutError) as exc:
         print(f"patchrec: error: {exc}", file=sys.stderr)

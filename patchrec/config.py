@@ -149,22 +149,24 @@ class TrainConfig(_Frozen):
     size G); SFT = layout 'text'. Scoring head (`head: scoring`, stage pft): sequence-level training over
     windows of item patches ('item') or item patches after `sessions` session patches ('session')."""
 
-    stage: Literal["ppt", "pft", "sft"]
-    layout: Literal["text", "item", "session", "mixed"]
-    head: Literal["generative", "scoring"] = "generative"
-    k: int = Field(5, ge=0)
-    group: int = Field(5, ge=1)
+    stage: Literal["ppt", "pft", "sft"] = Field(description="patch pre-training, patch fine-tuning or plain SFT")
+    layout: Literal["text", "item", "session", "mixed"] = Field(
+        description="ppt: mixed; pft: item (PFT-I) or session (PFT-S); sft: text")
+    head: Literal["generative", "scoring"] = Field("generative", description="the ranking head (patchrec.heads): "
+                                                   "title decoding (the paper's) or catalog scoring (pft)")
+    k: int = Field(5, ge=0, description="PFT-I: newest items kept as text")
+    group: int = Field(5, ge=1, description="PFT-S: items per session patch (G)")
     textual_copy: bool = Field(True, description="PPT: also train on the all-text copy of each sample")
-    max_history: int = Field(100, ge=1)
+    max_history: int = Field(100, ge=1, description="newest history items in a prompt")
     max_samples: int | None = Field(None, ge=1, description="budget: train on this many samples (first epoch order)")
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0, le=10)
+    epochs: int = Field(1, ge=1, description="passes over the training targets (a time budget may end it first)")
+    batch_size: int = Field(8, ge=1, description="samples (or scoring windows) per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-4, gt=0, le=10, description="peak learning rate (warmup, then cosine decay)")
     weight_decay: float = Field(0.0, ge=0, le=10)
     warmup_ratio: float = Field(0.05, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0, description="gradients are clipped to this global norm")
-    finetune: Literal["lora", "full"] = "lora"
+    finetune: Literal["lora", "full"] = Field("lora", description="LoRA adapters or every weight")
     lora_r: int = Field(8, ge=1, le=4096)
     lora_alpha: int = Field(16, ge=1, le=1 << 16)
     lora_dropout: float = Field(0.05, ge=0, lt=1)

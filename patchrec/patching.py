@@ -8,15 +8,18 @@ The right delimiter is ITEM_SEP, or SEQ_END for the newest history item.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from patchrec.prompts import PromptPieces
 
-__all__ = ["ITEM", "SESSION", "TEXT", "Batch", "CatalogTable", "assemble", "item_patches", "layout_kinds"]
+__all__ = ["ITEM", "SESSION", "TEXT", "Batch", "CatalogTable", "assemble", "item_patches", "layout_kinds",
+           "prompt_batch"]
 
 TEXT, ITEM, SESSION = 0, 1, 2
 _FIXED, _TITLE, _TOKEN, _VECTOR = 0, 1, 2, 3
@@ -234,3 +237,24 @@ def assemble(
     labels[p_sample[loss], pos[loss]] = tok[loss]
     attention = (torch.arange(S, device=dev)[None, :] < seq_len[:, None]).long()
     return Batch(embeds, attention, labels, seq_len)
+
+
+def prompt_batch(hists: Sequence[np.ndarray], catalog: CatalogTable, pieces: PromptPieces, embed: torch.nn.Module,
+                 layout: str, k: int = 5, group: int = 5, targets: Sequence[int] | None = None,
+                 compress_prob: float = 0.0, generator: torch.Generator | None = None,
+                 textual_copy: bool = False) -> tuple[Batch, float]:
+    """Histories (item indices, oldest first) -> one assembled prompt batch in `layout`, and the share of
+    history items given as patches. `targets` adds the title labels (training); `textual_copy` appends the
+    all-text copy of every sample (PPT)."""
+    lengths = torch.tensor([len(h) for h in hists], dtype=torch.long)
+    flat = torch.from_numpy(np.concatenate([np.asarray(h, dtype=np.int64) for h in hists]) if len(hists)
+                            else np.zeros(0, dtype=np.int64))
+    tg = None if targets is None else torch.tensor(list(targets), dtype=torch.long)
+    kinds, groups = layout_kinds(lengths, layout, k=k, group=group, compress_prob=compress_prob, generator=generator)
+    share = float((kinds != TEXT).float().mean()) if kinds.numel() else 0.0
+    if textual_copy:
+        lengths, flat = lengths.repeat(2), flat.repeat(2)
+        tg = None if tg is None else tg.repeat(2)
+        kinds, groups = torch.cat([kinds, torch.zeros_like(kinds)]), torch.cat([groups, groups])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
+    return assemble(flat, offsets, tg, kinds, groups, catalog, pieces, embed), share

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from patchrec.config import DataConfig, EvalConfig, LaunchConfig, ModelConfig, SASRecConfig, TrainConfig, load_source
 from patchrec.prompts import PromptConfig
 
-__all__ = ["PROFILES", "PROJECT_ROOT", "PipelineConfig", "RegistryConfig", "flatten", "load_pipeline",
+__all__ = ["PROFILES", "PROJECT_ROOT", "SCORING_RECIPE", "PipelineConfig", "RegistryConfig", "flatten", "load_pipeline",
            "model_identity", "parse_overrides", "state_path"]
 
 
@@ -95,8 +95,9 @@ class PipelineConfig(BaseModel):
 
 _ML100K_DATA = {"format": "movielens-100k", "raw": "../shared/data/ml-100k", "min_rating": 4.0}
 _SMALL_EVAL = {"max_samples": 40, "num_beams": 20, "top_k": 20}
-# The catalog scoring head: sequence-level training over windows of item patches (see patchrec.heads.scoring).
-_SCORING = {"stage": "pft", "layout": "item", "head": "scoring", "context": 30, "stride": 70, "batch_size": 16,
+# The catalog scoring head's recipe: sequence-level training over windows of item patches (patchrec.heads.scoring);
+# the profiles, bench.quality and bench.distributed all start from it.
+SCORING_RECIPE = {"stage": "pft", "layout": "item", "head": "scoring", "context": 30, "stride": 70, "batch_size": 16,
             "lr": 1e-3, "lora_dropout": 0.0, "epochs": 100, "checkpoint_every": 25}
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -122,7 +123,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dataset": "ml-100k",
         "data": _ML100K_DATA,
         "model": {"base": "smollm2"},
-        "pft": _SCORING | {"max_seconds": 360, "curve_every_s": 120, "curve_samples": 256, "keep_best": True},
+        "pft": SCORING_RECIPE | {"max_seconds": 360, "curve_every_s": 120, "curve_samples": 256, "keep_best": True},
         "val": {"split": "val", "max_samples": 200},
         "test": {"split": "test", "max_samples": None},
         "baselines": ["popularity"],
@@ -146,7 +147,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data": {"format": "generic", "raw": "examples/tiny/raw", "source": "examples/tiny/source.yaml",
                  "protocol": "loo", "min_history": 2, "max_future_days": 3650.0},
         "model": {"base": "tiny", "tiny_hidden": 32, "tiny_layers": 2},
-        "pft": _SCORING | {"context": 6, "stride": 6, "batch_size": 8, "lr": 5e-3, "epochs": 3, "checkpoint_every": 5},
+        "pft": SCORING_RECIPE | {"context": 6, "stride": 6, "batch_size": 8, "lr": 5e-3, "epochs": 3,
+                                 "checkpoint_every": 5},
         "val": {"split": "val", "max_samples": 12, "top_k": 10},
         "test": {"split": "test", "max_samples": 12, "top_k": 10},
         "registry": {"max_history": 50, "min_val_samples": 10},
@@ -168,7 +170,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dataset": "ml-100k",
         "data": _ML100K_DATA,
         "model": {"base": "smollm2"},
-        "pft": _SCORING | {"max_seconds": 3600, "checkpoint_every": 100, "curve_every_s": 300, "keep_best": True},
+        "pft": SCORING_RECIPE | {"max_seconds": 3600, "checkpoint_every": 100, "curve_every_s": 300, "keep_best": True},
         "val": {"split": "val", "max_samples": None},
         "test": {"split": "test", "max_samples": None},
         "baselines": ["popularity", "sasrec"],

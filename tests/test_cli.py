@@ -65,3 +65,22 @@ def test_unreadable_file_is_one_line_error(ml100k_dir, tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Permission denied" in err and "u.data" in err
     assert "Traceback" not in err
+
+
+def test_train_and_evaluate_flags_come_from_the_configs(capsys):
+    """Every scalar TrainConfig / EvalConfig field is a flag with the field's help, and its range holds."""
+    from patchrec.cli import build_parser
+    from patchrec.config import EvalConfig, TrainConfig
+
+    parser = build_parser()
+    sub = {a.dest: a for a in parser._subparsers._group_actions[0].choices["train"]._actions}
+    for name in ("stage", "layout", "head", "max_grad_norm", "lora_dropout", "keep_best", "negatives", "bf16"):
+        assert name in sub and name in TrainConfig.model_fields
+    assert sub["head"].choices == ["generative", "scoring"] and "ranking head" in sub["head"].help
+    ev = {a.dest for a in parser._subparsers._group_actions[0].choices["evaluate"]._actions}
+    assert {"num_beams", "top_k", "mask_history", "length_penalty"} <= ev <= set(EvalConfig.model_fields) | {
+        "help", "data", "run", "out", "json", "nproc_per_node", "nnodes", "rdzv_endpoint"}
+    code = main(["train", "--data", "d", "--out", "o", "--stage", "pft", "--layout", "item", "--max-grad-norm", "-1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["patchrec: error: invalid TrainConfig: max_grad_norm: Input should be greater than 0 "
+                                 "(got -1.0)"]

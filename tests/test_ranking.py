@@ -7,7 +7,7 @@ import torch
 from patchrec.heads.generative.beam import rank_batch, rank_one
 from patchrec.heads.generative.trie import TitleTrie
 from patchrec.model import add_prompt_tokens, build_tiny
-from patchrec.patching import CatalogTable, assemble, item_patches, layout_kinds
+from patchrec.patching import CatalogTable, item_patches, prompt_batch
 from patchrec.prompts import PromptConfig, render_pieces, tokenize_titles
 
 TITLES = ["Toy Story", "Toy Story 2", "Heat", "Heat", "Alien", "Aliens", "Up", "Babe"]
@@ -26,10 +26,8 @@ def _setup():
 
 
 def _prompt(model, pieces, catalog, hist):
-    kinds, groups = layout_kinds(torch.tensor([len(hist)]), "text")
     with torch.no_grad():
-        b = assemble(torch.tensor(hist), torch.tensor([0, len(hist)]), None, kinds, groups, catalog, pieces,
-                     model.get_input_embeddings())
+        b, _ = prompt_batch([hist], catalog, pieces, model.get_input_embeddings(), "text")
     return b.inputs_embeds
 
 

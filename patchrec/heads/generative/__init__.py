@@ -20,7 +20,7 @@ from patchrec.heads.base import Ranking, Terms
 from patchrec.heads.generative.beam import rank_batch
 from patchrec.heads.generative.trie import TitleTrie
 from patchrec.model import attach_trainable, load_trainable
-from patchrec.patching import Batch, CatalogTable, assemble, item_patches, layout_kinds
+from patchrec.patching import Batch, CatalogTable, item_patches, prompt_batch
 from patchrec.prompts import PromptPieces
 
 if TYPE_CHECKING:
@@ -53,18 +53,9 @@ def make_batch(store: SequenceStore, idx: np.ndarray, cfg: TrainConfig, catalog:
                embed, compress_prob: float, generator: torch.Generator) -> tuple[Batch, float]:
     """Assemble one micro-batch; PPT adds the all-text copy of each sample when `textual_copy`."""
     hists, targets = zip(*(store.sample(int(i)) for i in idx))
-    lengths = torch.tensor([len(h) for h in hists])
-    flat = torch.from_numpy(np.concatenate(hists).astype(np.int64))
-    tg = torch.tensor(targets)
-    kinds, groups = layout_kinds(lengths, cfg.layout, k=cfg.k, group=cfg.group, compress_prob=compress_prob,
-                                 generator=generator)
-    share = float((kinds != 0).float().mean())
-    if cfg.stage == "ppt" and cfg.textual_copy:
-        lengths, flat, tg = lengths.repeat(2), flat.repeat(2), tg.repeat(2)
-        kinds = torch.cat([kinds, torch.zeros_like(kinds)])
-        groups = torch.cat([groups, groups])
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
-    return assemble(flat, offsets, tg, kinds, groups, catalog, pieces, embed), share
+    return prompt_batch(hists, catalog, pieces, embed, cfg.layout, k=cfg.k, group=cfg.group, targets=targets,
+                        compress_prob=compress_prob, generator=generator,
+                        textual_copy=cfg.stage == "ppt" and cfg.textual_copy)
 
 
 def label_loss(model, batch: Batch, reduction: str = "mean") -> Tensor:
@@ -121,11 +112,11 @@ class GenerativeRanker:
 
     def prompt(self, hist: np.ndarray) -> Batch:
         """The generative head's prompt of one history (the newest `max_history` items) in the run's layout."""
-        hist = np.asarray(hist, dtype=np.int64)[-self.runtime.spec.train.max_history:]
         tcfg = self.runtime.spec.train
-        kinds, groups = layout_kinds(torch.tensor([len(hist)]), self.runtime.layout, k=tcfg.k, group=tcfg.group)
-        return assemble(torch.from_numpy(hist), torch.tensor([0, len(hist)]), None, kinds, groups,
-                        self.runtime.base.catalog, self.runtime.base.pieces, self.runtime.model.get_input_embeddings())
+        hist = np.asarray(hist, dtype=np.int64)[-tcfg.max_history:]
+        base = self.runtime.base
+        return prompt_batch([hist], base.catalog, base.pieces, self.runtime.model.get_input_embeddings(),
+                            self.runtime.layout, k=tcfg.k, group=tcfg.group)[0]
 
     @torch.no_grad()
     def rank_many(self, hists: list[np.ndarray], top_k: int) -> list[Ranking]:
