@@ -1,4 +1,14 @@
-"""Shared fixtures: offline environment, small raw files in every supported format."""
+"""Shared fixtures: offline environment, small raw files in every supported format, a prepared walk dataset.
+
+Test tiers (as torchtune splits unit from integration and recipe tests):
+- unit (`make test-fast`, `pytest -m "not slow"`, about a minute): one module at a time, tiny models built in
+  the test (`ModelConfig(base="tiny")`), no services; `tests/test_<module>.py` mirrors `patchrec/<module>.py`
+  and `tests/data/` mirrors `patchrec/data/`.
+- slow (`@pytest.mark.slow` or a module-level `pytestmark`): real processes and services: a Prefect server
+  (`tests/flows/conftest.py`), whole pipelines, MLflow serving, torchrun ranks, kill / signal / concurrency tests.
+- `make test` (what CI runs) = ruff + both tiers, under about 15 minutes on 2 cores.
+Every test writes under its own temporary folder; nothing reaches the network (HF_HUB_OFFLINE).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ for _var in ("PATCHREC_STATE", "PATCHREC_MODEL_CACHE", "MLFLOW_TRACKING_URI", "M
     os.environ.pop(_var, None)  # tests write only under their temporary folders, never to .state or a live server
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+N_WALK_ITEMS = 24  # catalog size of the `data` fixture
 
 
 def write(path: Path, text: str | bytes, encoding: str = "utf-8") -> Path:
@@ -60,3 +71,32 @@ def prepare(tmp_path: Path) -> Callable[..., dict]:
         return prepare_data(cfg)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Users walk the catalog: the next item is (current + 1) mod N, with a random skip now and then (a prepared
+    folder; the scoring-head and distributed tests train on it)."""
+    import numpy as np
+
+    from patchrec.config import DataConfig, GenericSource
+    from patchrec.data.prepare import prepare_data
+
+    raw = tmp_path_factory.mktemp("raw")
+    titles = [f"Film {i}" for i in range(N_WALK_ITEMS)] + ["Film 3"]  # the cold item shares a title
+    write(raw / "items.csv", "id,title\n" + "".join(f"{i},{t}\n" for i, t in enumerate(titles)))
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(40):
+        item = int(rng.integers(0, N_WALK_ITEMS))
+        for j in range(int(rng.integers(20, 45))):
+            rows.append((u, item, 1000 * u + j))
+            item = (item + (2 if rng.random() < 0.1 else 1)) % N_WALK_ITEMS
+    write(raw / "events.csv", "u,i,t\n" + "".join(f"u{u},{i},{t}\n" for u, i, t in rows))
+    source = GenericSource.model_validate({
+        "interactions": {"path": "events.csv", "user": "u", "item": "i", "time": "t"},
+        "items": {"path": "items.csv", "id": "id", "title": "title"},
+    })
+    out = tmp_path_factory.mktemp("prepared")
+    prepare_data(DataConfig(format="generic", raw=raw, out=out, source=source, protocol="loo"))
+    return out

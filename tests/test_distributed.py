@@ -18,7 +18,6 @@ from patchrec.config import EvalConfig, LaunchConfig, ModelConfig, TrainConfig
 from patchrec.distributed import Dist
 from patchrec.launch import EvalJob, LaunchError, TrainJob, run_job
 from patchrec.runtime import RunSpec
-from tests.test_scoring import data  # noqa: F401  (the module-scoped prepared data fixture)
 
 pytestmark = pytest.mark.slow  # each launch starts 2 Python processes with torch
 
@@ -57,7 +56,7 @@ GENERATIVE_FULL = {"head": "generative", "layout": "session", "group": 3, "max_h
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
 @pytest.mark.parametrize("kw", [{"head": "scoring", "finetune": "lora"}, GENERATIVE_FULL],
                          ids=["scoring-lora", "generative-full"])
-def test_two_gloo_ranks_train_like_one_process(data, tmp_path, kw, sharding):  # noqa: F811
+def test_two_gloo_ranks_train_like_one_process(data, tmp_path, kw, sharding):
     """DDP and FSDP (weights, gradients and optimizer state sharded over the 2 ranks) make the same updates as
     one process with the same global batches."""
     spec = _spec(**kw)
@@ -69,7 +68,7 @@ def test_two_gloo_ranks_train_like_one_process(data, tmp_path, kw, sharding):  #
     _assert_same(_weights(tmp_path / "one"), _weights(tmp_path / "two"))
 
 
-def test_a_killed_rank_is_restarted_and_the_run_resumes(data, tmp_path):  # noqa: F811
+def test_a_killed_rank_is_restarted_and_the_run_resumes(data, tmp_path):
     spec = _spec(epochs=6, checkpoint_every=1)
     out = tmp_path / "two"
     killed: list[int] = []
@@ -98,7 +97,7 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes(data, tmp_path):  # noqa
 
 
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
-def test_a_two_rank_run_killed_whole_resumes_in_one_process(data, tmp_path, sharding):  # noqa: F811
+def test_a_two_rank_run_killed_whole_resumes_in_one_process(data, tmp_path, sharding):
     """A run may resume at another world size: DDP checkpoints hold full state; FSDP ones hold whole weights and
     the optimizer state in shards (torch.distributed.checkpoint), resharded for the resuming world."""
     spec = _spec(epochs=6, checkpoint_every=1)
@@ -128,7 +127,7 @@ def test_a_two_rank_run_killed_whole_resumes_in_one_process(data, tmp_path, shar
     _assert_same(_weights(tmp_path / "one"), _weights(out))
 
 
-def test_fsdp_refuses_to_resume_a_ddp_checkpoint_with_a_clear_error(data, tmp_path):  # noqa: F811
+def test_fsdp_refuses_to_resume_a_ddp_checkpoint_with_a_clear_error(data, tmp_path):
     from patchrec.checkpoints import load_checkpoint
 
     spec = _spec(epochs=1)
@@ -139,14 +138,14 @@ def test_fsdp_refuses_to_resume_a_ddp_checkpoint_with_a_clear_error(data, tmp_pa
         load_checkpoint(ck, model, torch.optim.AdamW(model.parameters()), Dist(rank=0, world=2, sharding="fsdp"))
 
 
-def test_a_failing_rank_fails_the_stage_with_its_error(data, tmp_path):  # noqa: F811
+def test_a_failing_rank_fails_the_stage_with_its_error(data, tmp_path):
     job = TrainJob(data_dir=data, out_dir=tmp_path / "bad", spec=_spec(), init_from=tmp_path / "missing")
     with pytest.raises(LaunchError, match=r"rank \d failed: .*missing"):
         run_job(job, TWO)
 
 
 @pytest.mark.parametrize("head", ["scoring", "generative"])
-def test_sharded_evaluation_gives_the_ranks_of_one_process(data, tmp_path, head):  # noqa: F811
+def test_sharded_evaluation_gives_the_ranks_of_one_process(data, tmp_path, head):
     kw = {"head": "scoring"} if head == "scoring" else {"head": "generative", "layout": "session", "group": 3,
                                                         "max_history": 12, "max_samples": 10}
     spec = _spec(**kw, epochs=1)

@@ -11,41 +11,16 @@ import pytest
 import torch
 
 from patchrec.baselines import evaluate_baseline
-from patchrec.config import DataConfig, EvalConfig, GenericSource, ModelConfig, TrainConfig
-from patchrec.data.prepare import prepare_data
+from patchrec.config import EvalConfig, ModelConfig, TrainConfig
 from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.split import evaluate_split
 from patchrec.heads.scoring import ScoringObjective
 from patchrec.heads.scoring.model import Layout, assemble_rows, history_row, plan_windows, scoring_model, window_rows
 from patchrec.runtime import Base, RunSpec, Runtime, read_items
 from patchrec.training import fit, train_run
-from tests.conftest import write
+from tests.conftest import N_WALK_ITEMS as N_ITEMS
 
-N_ITEMS = 24
 COLD = N_ITEMS  # an item in the catalog that no user ever interacted with
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """Users walk the catalog: the next item is (current + 1) mod N, with a random skip now and then."""
-    raw = tmp_path_factory.mktemp("raw")
-    titles = [f"Film {i}" for i in range(N_ITEMS)] + ["Film 3"]  # the cold item shares a title
-    write(raw / "items.csv", "id,title\n" + "".join(f"{i},{t}\n" for i, t in enumerate(titles)))
-    rng = np.random.default_rng(0)
-    rows = []
-    for u in range(40):
-        item = int(rng.integers(0, N_ITEMS))
-        for j in range(int(rng.integers(20, 45))):
-            rows.append((u, item, 1000 * u + j))
-            item = (item + (2 if rng.random() < 0.1 else 1)) % N_ITEMS
-    write(raw / "events.csv", "u,i,t\n" + "".join(f"u{u},{i},{t}\n" for u, i, t in rows))
-    source = GenericSource.model_validate({
-        "interactions": {"path": "events.csv", "user": "u", "item": "i", "time": "t"},
-        "items": {"path": "items.csv", "id": "id", "title": "title"},
-    })
-    out = tmp_path_factory.mktemp("prepared")
-    prepare_data(DataConfig(format="generic", raw=raw, out=out, source=source, protocol="loo"))
-    return out
 
 
 def _cfg(**kw) -> TrainConfig:

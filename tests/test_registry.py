@@ -1,4 +1,4 @@
-"""The promotion rule: a version becomes champion only with a finite metric on enough validation targets."""
+"""The registry's rules: promotion only with a finite metric on enough validation targets; request params."""
 
 from __future__ import annotations
 
@@ -29,3 +29,17 @@ def test_decide(mine, samples, champ, promoted, reason):
     got, why = decide(mine, samples, champ, 3 if champ is not None else None, "ndcg_10", 0.0, 30)
     assert got is promoted and reason in why, why
     assert why.startswith("not promoted") is not promoted
+
+
+@pytest.mark.parametrize(("value", "expected"), [(5, 5), (5.0, 5), ("7", 7), (None, None), (True, None),
+                                                 (2.5, None), ("x", None)])
+def test_top_k_from_request_params(value, expected):
+    """Audit: `"top_k": null` returned the server's stack trace (int(None)); now a short refusal."""
+    from patchrec.recommender import RecommendError
+    from patchrec.registry import _top_k
+
+    if expected is None:
+        with pytest.raises(RecommendError, match="top_k must be a whole number"):
+            _top_k(value)
+    else:
+        assert _top_k(value) == expected
