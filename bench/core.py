@@ -14,14 +14,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench.report import header, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO.parent / "shared" / "data" / "patchrec-paper"
@@ -305,17 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
     def setup_for(data: Path) -> Base:
         return Base(read_items(data / "items.parquet").title.astype(str).tolist(), mcfg, PromptConfig())
 
-    report: dict = {
-        "benchmark": "core",
-        "command": "python -m bench.core " + " ".join(argv or sys.argv[1:]),
-        "machine": {
-            "platform": platform.platform(),
-            "threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        },
-        "date": time.strftime("%Y-%m-%d"),
-        "base": args.base,
-    }
+    report: dict = {**header("core", argv), "base": args.base}
     report["tokens_per_prompt"] = tokens_per_prompt(setup_for, args.work, args.paper)
     data = args.work / "ml-100k"
     store = SequenceStore(data, max_history=100)
@@ -334,9 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["ranking"] = rank_speed(setup_for(data), store, args.rank_users, args.rank_batch)
     for row in (report["ranking"][label] for label in ("PFT-S(G=20)", "SFT-100")):
         row["batched_fraction_of_matmul_peak"] = row["batched_flops_per_s"] / best
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
     return report
 
 

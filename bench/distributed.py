@@ -12,16 +12,14 @@ it); `wall_s` adds process start, model loading and the launch.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from bench.core import PAPER, REPO, _prepared
+from bench.report import header, write_report
 from patchrec.profiles import SCORING_RECIPE
 
 HEADS = {  # name: TrainConfig fields
@@ -74,14 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     data = _prepared("ml-100k", args.work, args.paper)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    report = {"benchmark": "distributed", "command": "python -m bench.distributed " + " ".join(argv or sys.argv[1:]),
-              "machine": {"platform": platform.platform(), "device": device, "threads": torch.get_num_threads()},
-              "date": time.strftime("%Y-%m-%d"), "base": args.base, "global_batch": args.batch, "steps": args.steps,
+    report = {**header("distributed", argv), "base": args.base, "global_batch": args.batch, "steps": args.steps,
               "heads": measure(data, args.work / "distributed", args.base, args.steps, args.batch)}
     out = args.out or REPO / "bench" / "results" / f"distributed-{'gpu' if device != 'cpu' else 'cpu'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(report, out)
     return report
 
 

@@ -13,15 +13,13 @@ The shapes' tokenizer is SmolLM2's (a larger vocabulary keeps its rows, so the L
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from bench.core import PAPER, REPO, _dev, _prepared, matmul_peak, rank_speed, train_speed
+from bench.report import header, write_report
 
 SHAPES = {  # LlamaConfig fields of the shapes measured
     "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
@@ -72,9 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     store = SequenceStore(data, max_history=100)
     titles = read_items(data / "items.parquet").title.astype(str).tolist()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    report: dict = {"benchmark": "gpu", "command": "python -m bench.gpu " + " ".join(argv or sys.argv[1:]),
-                    "machine": {"platform": platform.platform(), "device": device, "torch": torch.__version__},
-                    "date": time.strftime("%Y-%m-%d"), "shapes": {}}
+    report: dict = {**header("gpu", argv), "shapes": {}}
     gpu = _dev().type == "cuda"
     report["peak_matmul_flops"] = {"bf16": matmul_peak(torch.bfloat16, n=8192 if gpu else 512, reps=20 if gpu else 2),
                                    "fp32": matmul_peak(torch.float32, n=8192 if gpu else 512, reps=20 if gpu else 2)}
@@ -93,9 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    "seconds": time.perf_counter() - t0}
     report["seconds"] = time.perf_counter() - t_start
     out = args.out or REPO / "bench" / "results" / f"gpu-{device.lower().replace(' ', '-')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(report, out)
     return report
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import duckdb
+
+from bench.report import header, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,20 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
                 compare(f"synthetic-dat-{n}", "movielens-dat", raw, raw / "ratings.dat", "::", "python", work)
             )
             (raw / "ratings.dat").unlink()
-    report = {
-        "benchmark": "ingest",
-        "command": "python -m bench.ingest " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": __import__("os").cpu_count(),
-        },
-        "date": time.strftime("%Y-%m-%d"),
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    report = {**header("ingest", argv), "results": results}
+    write_report(report, args.out)
     return report
 
 

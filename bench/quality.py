@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.report import machine
 from patchrec.config import DataConfig, EvalConfig, ModelConfig, SASRecConfig, TrainConfig
 from patchrec.data.prepare import prepare_data
 from patchrec.data.sequences import SequenceStore
@@ -150,7 +150,8 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
     sample_eval = EvalConfig(split="test", max_samples=test_samples or None)
     all_eval = EvalConfig(split="test", max_samples=None)
     report: dict[str, Any] = {"profile": profile, "budget_seconds": seconds, "lr": lr, "base": base,
-                              "keep_best": keep_best, "test_samples": test_samples or "all", "machine": _machine(),
+                              "keep_best": keep_best, "test_samples": test_samples or "all",
+                              "machine": {**machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())},
                               "variants": {}, "baselines": {}}
     ranks: dict[str, pd.DataFrame] = {}
     stage_seconds: dict[Path, float] = {}
@@ -214,16 +215,6 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
     report["compute_seconds"] = sum(stage_seconds.values()) + ranking + baselines
     report["stages"], report["reused_stages"] = len(reused), sum(reused.values())
     return report
-
-
-def _machine() -> dict[str, Any]:
-    import os
-
-    import torch
-
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
-    return {"device": dev, "platform": platform.platform(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d", time.gmtime())}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
