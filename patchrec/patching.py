@@ -19,7 +19,7 @@ from torch import Tensor
 from patchrec.prompts import PromptPieces
 
 __all__ = ["ITEM", "SESSION", "TEXT", "Batch", "CatalogTable", "assemble", "item_patches", "layout_kinds",
-           "prompt_batch"]
+           "pool_units", "prompt_batch"]
 
 TEXT, ITEM, SESSION = 0, 1, 2
 _FIXED, _TITLE, _TOKEN, _VECTOR = 0, 1, 2, 3
@@ -136,9 +136,7 @@ def assemble(
     if compressed.any():
         if table is None:
             raise ValueError("compressed layout needs item patches: compute catalog.patches first")
-        counts = torch.bincount(unit, minlength=n_units).clamp(min=1).to(table.dtype)
-        sums = torch.zeros(n_units, table.shape[1], dtype=table.dtype, device=dev).index_add_(0, unit, table[history])
-        vectors = sums / counts[:, None]  # (n_units, D); rows of text units are unused
+        vectors = pool_units(table, history, unit, n_units)  # (n_units, D); rows of text units are unused
     u_order = torch.arange(n_units, device=dev) - (torch.cumsum(torch.bincount(u_sample, minlength=B), 0)
                                        - torch.bincount(u_sample, minlength=B))[u_sample]
     # Segments: (sample, sort key, kind, payload, length, carries loss).
@@ -237,6 +235,13 @@ def assemble(
     labels[p_sample[loss], pos[loss]] = tok[loss]
     attention = (torch.arange(S, device=dev)[None, :] < seq_len[:, None]).long()
     return Batch(embeds, attention, labels, seq_len)
+
+
+def pool_units(table: Tensor, items: Tensor, unit: Tensor, n_units: int) -> Tensor:
+    """(n_units, D): the mean of `table[items]` per unit (`unit[i]` is item i's unit); a session patch is the mean
+    of its items' patches, an item patch a unit of one. The one pooling of both heads (gradients reach `table`)."""
+    counts = torch.bincount(unit, minlength=n_units).clamp(min=1).to(table.dtype)
+    return table.new_zeros(n_units, table.shape[1]).index_add(0, unit, table[items]) / counts[:, None]
 
 
 def prompt_batch(hists: Sequence[np.ndarray], catalog: CatalogTable, pieces: PromptPieces, embed: torch.nn.Module,

@@ -28,7 +28,7 @@ from patchrec.config import TrainConfig
 from patchrec.data.sequences import SequenceStore
 from patchrec.hardware import use_bf16
 from patchrec.model import attach_trainable
-from patchrec.patching import CatalogTable, item_patches
+from patchrec.patching import CatalogTable, item_patches, pool_units
 
 __all__ = ["ITEM_TABLE", "Layout", "Rows", "ScoringModel", "Windows", "assemble_rows", "catalog_loss", "history_row",
            "plan_windows", "scoring_model", "window_rows"]
@@ -148,9 +148,7 @@ def assemble_rows(rows: list[tuple[np.ndarray, int]], vectors: Tensor, start: Te
         flat_items.append(items)
     pos_t = torch.from_numpy(np.concatenate(pos)).to(dev)
     items_t = torch.from_numpy(np.concatenate(flat_items).astype(np.int64)).to(dev)
-    sums = vectors.new_zeros(B * S, D).index_add(0, pos_t, vectors[items_t])
-    counts = torch.bincount(pos_t, minlength=B * S).clamp(min=1).to(vectors.dtype)
-    embeds = (sums / counts[:, None]).view(B, S, D)
+    embeds = pool_units(vectors, items_t, pos_t, B * S).view(B, S, D)
     first = torch.zeros(B, S, 1, dtype=vectors.dtype, device=dev)
     first[:, 0] = 1
     embeds = embeds * (1 - first) + start.to(vectors.dtype) * first
