@@ -32,10 +32,11 @@ from patchrec.data.prepare import prepare_data
 from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.metrics import bootstrap_ci, by_history_length, paired_bootstrap_diff, summarize_ranks
 from patchrec.evaluation.result import EvalResult, read_ranks, read_result
-from patchrec.io import read_json, write_json
+from patchrec.io import write_json
 from patchrec.profiles import PROJECT_ROOT, SCORING_RECIPE
 from patchrec.runtime import RunSpec
 from patchrec.stages import baseline_into, data_record, evaluate_into, train_into
+from patchrec.training import StageResult
 
 PROFILES = {
     "ml-100k": {"raw": "../shared/data/patchrec-paper/ml-100k", "seconds": 600, "test_samples": 96},
@@ -172,7 +173,8 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
                              init=init)
             reused.setdefault(rec.dir, rec.reused)
             stage_seconds[rec.dir] = rec.metrics["train_seconds"]
-            curve += [{**c, "seconds": c["seconds"] + train_s} for c in read_json(rec.dir / "training.json")["curve"]]
+            probes = StageResult.read(rec.dir / "training.json").curve
+            curve += [{**c, "seconds": c["seconds"] + train_s} for c in probes]
             train_s += rec.metrics["train_seconds"]
             samples += int(rec.metrics["samples"])
             init = rec

@@ -26,7 +26,7 @@ from patchrec.config import EvalConfig, LaunchConfig, SASRecConfig
 from patchrec.contract import StageOutput, StageRecord, Tracker, fingerprint, read_manifest, run_stage
 from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.result import read_result
-from patchrec.io import file_lock, read_json
+from patchrec.io import file_lock
 from patchrec.launch import EvalJob, TrainJob, run_job
 from patchrec.profiles import PipelineConfig, flatten, model_identity
 from patchrec.runtime import RunSpec
@@ -146,7 +146,9 @@ def train_into(folder_of: FolderOf, stage: str, spec: RunSpec, data: StageRecord
     def log(rec: StageRecord) -> None:
         mlflow.log_params({f"{stage}.{k}": v for k, v in tcfg.model_dump(mode="json").items()})
         mlflow.set_tag("patchrec.init", str(init.dir) if init else "")
-        curves = read_json(rec.dir / "training.json")
+        from patchrec.training import StageResult
+
+        curves = StageResult.read(rec.dir / "training.json")
         tracking.log_training(mlflow.active_run().info.run_id, curves)  # per step: loss, lr, samples_per_s, ...
         totals = {("samples_per_s_mean" if k == "samples_per_s" else k): v for k, v in rec.metrics.items()}
         mlflow.log_metrics(totals)

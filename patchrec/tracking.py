@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from patchrec.evaluation.result import EvalResult
+    from patchrec.training import StageResult
 
 __all__ = [
     "EXPERIMENT_KIND",
@@ -133,18 +134,18 @@ def end_pipeline_run(state_dir: Path, run_id: str, ok: bool, metrics: dict[str, 
     client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
-def log_training(run_id: str, meta: dict[str, Any], prefix: str = "") -> None:
+def log_training(run_id: str, meta: StageResult, prefix: str = "") -> None:
     """Per-step loss, learning rate, throughput and compressed share, and the validation probes of the learning
     curve (`probe_val_*`), batched (one write per 1000 values)."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    series = {"loss": meta.get("losses", []), "lr": meta.get("lrs", []),
-              "samples_per_s": meta.get("step_samples_per_s", []), "compressed_share": meta.get("compressed_share", [])}
+    series = {"loss": meta.losses, "lr": meta.lrs, "samples_per_s": meta.step_samples_per_s,
+              "compressed_share": meta.compressed_share}
     metrics = [Metric(f"{prefix}{key}", float(v), now, i) for key, vals in series.items()
                for i, v in enumerate(vals)]
-    metrics += [Metric(f"{prefix}probe_{k}", float(v), now, int(c["step"])) for c in meta.get("curve", [])
+    metrics += [Metric(f"{prefix}probe_{k}", float(v), now, int(c["step"])) for c in meta.curve
                 for k, v in c.items() if k.startswith("val_")]  # the learning curve, step = optimizer step
     client = MlflowClient()
     for i in range(0, len(metrics), 1000):
@@ -189,13 +190,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_training(curves: dict[str, dict[str, Any]], path: Path) -> Path:
+def plot_training(curves: dict[str, StageResult], path: Path) -> Path:
     """Loss and learning rate per optimizer step, one line per stage (e.g. PPT, PFT)."""
     plt = _figure()
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, meta in curves.items():
-        ax_loss.plot(range(len(meta.get("losses", []))), meta.get("losses", []), label=name)
-        ax_lr.plot(range(len(meta.get("lrs", []))), meta.get("lrs", []), label=name)
+        ax_loss.plot(range(len(meta.losses)), meta.losses, label=name)
+        ax_lr.plot(range(len(meta.lrs)), meta.lrs, label=name)
     ax_loss.set(title="training loss", xlabel="optimizer step", ylabel="loss")
     ax_lr.set(title="learning rate", xlabel="optimizer step", ylabel="lr")
     for ax in (ax_loss, ax_lr):

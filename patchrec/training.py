@@ -29,7 +29,7 @@ from patchrec.data.sequences import SequenceStore, sample_split
 from patchrec.distributed import SINGLE, Dist
 from patchrec.hardware import use_bf16
 from patchrec.heads import Objective, Terms, head
-from patchrec.io import atomic_path, write_json
+from patchrec.io import atomic_path, read_json, write_json
 from patchrec.runtime import Base, RunSpec, Runtime, read_items
 
 __all__ = ["NonFiniteLoss", "StageResult", "fit", "load_init", "train_run"]
@@ -57,6 +57,18 @@ class StageResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def read(cls, path: Path) -> StageResult:
+        """A finished training stage's `training.json`.
+
+        Raises:
+            ValueError: the file is not a training result (names it and the field).
+        """
+        try:
+            return cls(**read_json(path))
+        except TypeError as exc:
+            raise ValueError(f"{path} is not a training result: {exc}") from exc
 
 
 class _Step(nn.Module):

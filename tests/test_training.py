@@ -167,3 +167,19 @@ def test_a_nan_loss_stops_training_before_any_update_is_saved(data, tmp_path):
     for n, p in model.named_parameters():
         if p.requires_grad:
             assert torch.equal(p.detach(), before[n]), n
+
+
+def test_training_json_reads_back_as_the_typed_result(data, tmp_path):
+    from patchrec.io import write_json
+    from patchrec.training import StageResult
+
+    store = SequenceStore(data, max_history=20)
+    cfg = _cfg(max_samples=8)
+    model, pieces, catalog, new = _setup(data)
+    model = attach_trainable(model, cfg, new)
+    res = fit(model, GenerativeObjective(store, catalog, pieces, cfg), cfg, tmp_path, progress=False)
+    write_json(res.to_dict(), tmp_path / "training.json")
+    assert StageResult.read(tmp_path / "training.json") == res
+    write_json({"steps": 1}, tmp_path / "bad.json")
+    with pytest.raises(ValueError, match=r"bad\.json is not a training result"):
+        StageResult.read(tmp_path / "bad.json")
