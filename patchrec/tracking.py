@@ -48,9 +48,9 @@ _READY: set[str] = set()  # SQLite stores this process has seen initialised
 def tracking_uri(state_dir: Path) -> str:
     """Set and return the tracking (and registry) URI: the user's environment's, else SQLite in `state_dir`.
 
-    A SQLite store is created (MLflow's schema migrations) by one process at a time, under
-    `<state>/.mlflow.lock`: two pipelines starting at once on a fresh state folder would otherwise both
-    migrate the same file and leave it half-migrated.
+    A SQLite store is created (MLflow's schema migrations) by one process at a time, under a lock file
+    beside the database (`mlflow.db.lock`): two pipelines starting at once on a fresh store would otherwise
+    both migrate the same file and leave it half-migrated.
     """
     import mlflow
 
@@ -64,7 +64,8 @@ def tracking_uri(state_dir: Path) -> str:
 
         from patchrec.io import file_lock
 
-        with file_lock(Path(state_dir) / ".mlflow.lock", f"the MLflow store {uri}"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        with file_lock(db.with_name(db.name + ".lock"), f"the MLflow store {uri}"):
             client = MlflowClient(uri, registry)
             client.search_experiments(max_results=1)  # creates and migrates the tracking tables
             client.search_registered_models(max_results=1)  # and the registry's
