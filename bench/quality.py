@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report import machine
-from patchrec.config import DataConfig, EvalConfig, ModelConfig, SASRecConfig, TrainConfig
+from patchrec.config import DataConfig, EvalConfig, ModelConfig, SASRecConfig, TrainConfig, load_source
 from patchrec.data.prepare import prepare_data
 from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.metrics import bootstrap_ci, by_history_length, paired_bootstrap_diff, summarize_ranks
@@ -38,9 +38,18 @@ from patchrec.runtime import RunSpec
 from patchrec.stages import baseline_into, data_record, evaluate_into, train_into
 from patchrec.training import StageResult
 
+_OFFICE_SOURCE = PROJECT_ROOT / "docs" / "sources" / "amazon-office-2014-5core.yaml"
 PROFILES = {
-    "ml-100k": {"raw": "../shared/data/patchrec-paper/ml-100k", "seconds": 600, "test_samples": 96},
-    "ml-1m": {"raw": "../shared/data/patchrec-paper/ml-1m", "seconds": 3600, "test_samples": 1000},
+    "ml-100k": {"data": {"format": "patchrec-paper", "raw": "../shared/data/patchrec-paper/ml-100k"},
+                "seconds": 600, "test_samples": 96},
+    "ml-1m": {"data": {"format": "patchrec-paper", "raw": "../shared/data/patchrec-paper/ml-1m"},
+              "seconds": 3600, "test_samples": 1000},
+    "goodreads": {"data": {"format": "patchrec-paper", "raw": "../shared/data/patchrec-paper/goodreads"},
+                  "seconds": 3600, "test_samples": 96},
+    # leave-one-out over the 2014 Office 5-core file (train / dev / test rows as given: protocol "loo")
+    "office": {"data": {"format": "generic", "raw": "../shared/data/amazon-office-products-2014-5core",
+                        "source": _OFFICE_SOURCE, "protocol": "loo"},
+               "seconds": 1800, "test_samples": 96},
 }
 REFERENCE = {"ml-1m": {"sasrec": {"hr_20": 0.148, "ndcg_20": 0.056}, "popularity": {"hr_20": 0.038, "ndcg_20": 0.014}},
              "ml-100k": {"sasrec": {"hr_20": 0.14}}}
@@ -237,8 +246,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     spec = PROFILES[args.profile]
     seconds = args.seconds or spec["seconds"]
     test_samples = spec["test_samples"] if args.test_samples is None else args.test_samples
-    data_cfg = DataConfig(format="patchrec-paper", raw=(PROJECT_ROOT / spec["raw"]).resolve(),
-                          out=args.work / "data" / args.profile)
+    data = dict(spec["data"])
+    if "source" in data:
+        data["source"] = load_source(data["source"])
+    data["raw"] = (PROJECT_ROOT / data["raw"]).resolve()
+    data_cfg = DataConfig(**data, out=args.work / "data" / args.profile)
     report = run(args.profile, data_cfg, args.work, seconds, test_samples, args.lr, args.base, args.sasrec_epochs,
                  args.only, args.keep_best)
     report["command"] = "python -m bench.quality " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
