@@ -20,6 +20,7 @@ import argparse
 import gc
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,11 @@ REFERENCE = {"ml-1m": {"sasrec": {"hr_20": 0.148, "ndcg_20": 0.056}, "popularity
              "ml-100k": {"sasrec": {"hr_20": 0.14}}}
 
 
+# the text levers of the scoring head (docs/ablations.md): cosine scores, the title-similarity skip, never-target
+# items kept on their title vector, same-title items not negatives
+TEXT_LEVERS = {"score": "cosine", "title_skip": True, "cold_keep_title": True, "mask_same_title": True}
+
+
 def variants(seconds: float, lr: float, keep_best: bool = True) -> dict[str, dict[str, Any]]:
     """name -> {"ppt": TrainConfig | None, "pft": TrainConfig}; each variant trains for `seconds` in all.
     `keep_best`: scoring-head variants keep the weights of their best validation probe."""
@@ -77,11 +83,19 @@ def variants(seconds: float, lr: float, keep_best: bool = True) -> dict[str, dic
                                                                               "lr": 1e-4, "item_lr": 1e-3})},
         "PPT -> scoring, item patches": {"ppt": ppt, "pft": TrainConfig(**{**scoring, "max_seconds": half,
                                                                           "curve_every_s": half / 3})},
+        "Scoring, cosine + title skip": {"ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS})},
+        "Scoring, cosine + title skip, 8 layers": {"ppt": None,
+                                                   "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": 8})},
     }
 
 
 # (question, model a, model b): the report gives a - b on the same test targets with a paired user-bootstrap CI.
 COMPARISONS = [
+    ("text levers (cosine + title skip) vs SASRec", "Scoring, cosine + title skip", "sasrec"),
+    ("text levers, 8 layers vs SASRec", "Scoring, cosine + title skip, 8 layers", "sasrec"),
+    ("8 of 30 LM layers (3.6x the steps) vs all 30", "Scoring, cosine + title skip, 8 layers",
+     "Scoring, cosine + title skip"),
+    ("text levers vs the dot-product scoring head", "Scoring, cosine + title skip", "Scoring, item patches"),
     ("scoring head vs SASRec", "Scoring, item patches", "sasrec"),
     ("scoring head vs popularity", "Scoring, item patches", "popularity"),
     ("scoring head vs the paper's generative head (same time)", "Scoring, item patches", "PFT-S(5)"),
@@ -94,18 +108,21 @@ COMPARISONS = [
 ]
 
 
-def _comparisons(ranks: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
+def _comparisons(ranks: dict[str, pd.DataFrame], cold: set[int]) -> list[dict[str, Any]]:
     out = []
     for question, a, b in COMPARISONS:
         if a not in ranks or b not in ranks:
             continue
-        both = ranks[a][["sample", "user_idx", "rank"]].merge(ranks[b][["sample", "user_idx", "rank"]],
-                                                              on=["sample", "user_idx"], suffixes=("_a", "_b"))
+        both = ranks[a][["sample", "user_idx", "target", "rank"]].merge(
+            ranks[b][["sample", "user_idx", "rank"]], on=["sample", "user_idx"], suffixes=("_a", "_b"))
         row: dict[str, Any] = {"question": question, "a": a, "b": b, "samples": int(len(both))}
-        for m in ("hr", "ndcg"):
-            d, lo, hi = paired_bootstrap_diff(both["rank_a"].to_numpy(), both["rank_b"].to_numpy(),
-                                              both["user_idx"].to_numpy(), 20, m)
-            row[f"{m}_20_diff"] = [d, lo, hi]
+        for prefix, part in (("", both), ("cold_", both[both["target"].isin(cold)])):
+            if not len(part):
+                continue
+            for m in ("hr", "ndcg"):
+                d, lo, hi = paired_bootstrap_diff(part["rank_a"].to_numpy(), part["rank_b"].to_numpy(),
+                                                  part["user_idx"].to_numpy(), 20, m)
+                row[f"{prefix}{m}_20_diff"] = [d, lo, hi]
         out.append(row)
     return out
 
@@ -133,17 +150,28 @@ def _summary(res: EvalResult, ranks: pd.DataFrame, subset: bool = False) -> dict
     return out
 
 
-def _cold_items(data_dir: Path) -> set[int]:
-    """Items that are never a training target (an ID model learns nothing about them as an output)."""
+def target_slices(data_dir: Path) -> dict[str, set[int]]:
+    """The catalog cut by what training says about an item: how often it is a training target (never: cold) and
+    whether another catalog item has the same title. Test targets are scored per slice."""
     store = SequenceStore(data_dir)
-    trained = {store.sample(int(i))[1] for i in store.indices("train")}
-    return set(pd.read_parquet(Path(data_dir) / "items.parquet", columns=["item_idx"]).item_idx.tolist()) - trained
+    counts = Counter(store.sample(int(i))[1] for i in store.indices("train"))
+    items = pd.read_parquet(Path(data_dir) / "items.parquet", columns=["item_idx", "title"])
+    n = items.item_idx.map(counts).fillna(0).to_numpy()
+    idx = items.item_idx.to_numpy()
+    shared = items.title.astype(str).str.strip().str.casefold().duplicated(keep=False).to_numpy()
+    return {"cold": set(idx[n == 0].tolist()), "1-5": set(idx[(n >= 1) & (n <= 5)].tolist()),
+            "6-20": set(idx[(n >= 6) & (n <= 20)].tolist()), ">20": set(idx[n > 20].tolist()),
+            "shared title": set(idx[shared].tolist())}
 
 
-def _cold_hr(ranks: pd.DataFrame, cold: set[int]) -> dict[str, Any]:
-    part = ranks[ranks["target"].isin(cold)]
-    r = part["rank"].to_numpy()
-    return {"targets": int(len(part)), "hr_20": float(np.mean((r >= 0) & (r < 20))) if len(part) else None}
+def _slice_metrics(ranks: pd.DataFrame, slices: dict[str, set[int]]) -> dict[str, dict[str, Any]]:
+    """HR@20 / NDCG@20 (and the target count) of the test targets in each slice."""
+    out = {}
+    for name, items in slices.items():
+        part = ranks[ranks["target"].isin(items)]
+        m = summarize_ranks(part["rank"].to_numpy(), part["user_idx"].to_numpy(), ks=(20,)) if len(part) else {}
+        out[name] = {"targets": int(len(part)), "hr_20": m.get("hr_20"), "ndcg_20": m.get("ndcg_20")}
+    return out
 
 
 def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_samples: int, lr: float, base: str,
@@ -154,7 +182,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
     t_start = time.perf_counter()
     prepare_data(data_cfg)
     data = data_record(data_cfg.out)
-    cold = _cold_items(data.dir)
+    slices = target_slices(data.dir)
     runs = work / "runs" / profile
     mcfg = ModelConfig(base=base, cache_dir=work / "models")
     sample_eval = EvalConfig(split="test", max_samples=test_samples or None)
@@ -195,7 +223,8 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
         report["variants"][name] = {
             **summary, "head": v["pft"].head, "train_targets": samples, "train_seconds": train_s,
             "train_targets_per_s": samples / train_s if train_s else None, "curve": curve,
-            "rank_seconds": summary["samples"] / summary["users_per_s"], "cold": _cold_hr(ranks[name], cold)}
+            "rank_seconds": summary["samples"] / summary["users_per_s"],
+            "slices": _slice_metrics(ranks[name], slices)}
         m = summary["metrics"]
         print(f"{name}: HR@20 {m['hr_20']:.4f} NDCG@20 {m['ndcg_20']:.4f} ({summary['samples']} targets, "
               f"{train_s:.0f} s of training)", flush=True)
@@ -214,9 +243,10 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
             train["curve"] = [{"seconds": e["seconds"], "val_ndcg_10": e["val_ndcg_10"]} for e in res.train["log"]
                               if "val_ndcg_10" in e and "seconds" in e]
         report["baselines"][kind] = {"all_test": _summary(res, ranks[kind]), "llm_sample": _summary(res, sample, True),
-                                     "train": train, "cold": _cold_hr(ranks[kind], cold)}
-    report["cold_items"] = {"items": len(cold), "test_targets": int(ranks["popularity"]["target"].isin(cold).sum())}
-    report["comparisons"] = _comparisons(ranks)
+                                     "train": train, "slices": _slice_metrics(ranks[kind], slices)}
+    report["slices"] = {k: {"items": len(v), "test_targets": int(ranks["popularity"]["target"].isin(v).sum())}
+                        for k, v in slices.items()}
+    report["comparisons"] = _comparisons(ranks, slices["cold"])
     report["reference"] = REFERENCE.get(profile, {})
     report["seconds"] = time.perf_counter() - t_start
     # training + ranking time of the reported stages, the shared PPT run once: most of `seconds` when this

@@ -95,6 +95,40 @@ def _row2(name: str, m: dict[str, Any], extra: str = "") -> str:
     return f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "-" for k in keys) + f" | {extra} |"
 
 
+def _slice_lines(report: dict[str, Any]) -> list[str]:
+    """HR@20 / NDCG@20 per slice of test targets (by the target's training occurrences, shared titles) and per
+    history length."""
+    slices = report.get("slices") or {}
+    if not slices:
+        return []
+    names = list(slices)
+    lines = ["", "### Slices of the test targets", "",
+             "By how often the target item is a training target (`cold`: never; an ID model knows nothing of it as "
+             "an output) and whether another catalog item has its title; HR@20 / NDCG@20, test targets in each "
+             "slice in the header.", "",
+             "| model | " + " | ".join(f"{n} ({slices[n]['test_targets']})" for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    models = [(n, v) for n, v in report["variants"].items()] + [(k, b) for k, b in report["baselines"].items()]
+    for name, v in models:
+        got = v.get("slices", {})
+        lines.append(f"| {name} | " + " | ".join(f"{_num(got.get(n, {}).get('hr_20'))} / "
+                                                 f"{_num(got.get(n, {}).get('ndcg_20'))}" for n in names) + " |")
+    buckets = list(dict.fromkeys(b for _, v in models for b in _history(v)))
+    if buckets:
+        lines += ["", "By the length of the user's history before the target (HR@20 / NDCG@20, targets):", "",
+                  "| model | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
+        for name, v in models:
+            h = _history(v)
+            lines.append(f"| {name} | " + " | ".join(
+                f"{_num(h[b].get('hr_20'))} / {_num(h[b].get('ndcg_20'))} ({h[b]['n']})" if b in h else "-"
+                for b in buckets) + " |")
+    return lines
+
+
+def _history(v: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return (v.get("all_test") or v).get("by_history_length") or {}
+
+
 def _verdict(diff: list[float]) -> str:
     return "a better" if diff[1] > 0 else "b better" if diff[2] < 0 else "no detectable difference"
 
@@ -106,14 +140,14 @@ def _comparison_lines(report: dict[str, Any]) -> list[str]:
     lines = ["", "## What the ablations answer", "",
              "Difference a - b on the same test targets; 95% interval from a paired user bootstrap (users "
              "resampled once for both models). An interval that contains 0 means this run cannot tell them apart.",
-             "", "| question | a | b | targets | HR@20 a - b [95% CI] | NDCG@20 a - b [95% CI] | verdict |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| question | a | b | targets | HR@20 a - b [95% CI] | NDCG@20 a - b [95% CI] | cold HR@20 a - b "
+             "[95% CI] | verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         verdict = "; ".join(f"{label}: {_verdict(r[key])}" for label, key in (("HR@20", "hr_20_diff"),
                                                                              ("NDCG@20", "ndcg_20_diff")))
-        cells = [f"{x[0]:+.4f} [{x[1]:+.3f}, {x[2]:+.3f}]" for x in (r["hr_20_diff"], r["ndcg_20_diff"])]
-        lines.append(f"| {r['question']} | {r['a']} | {r['b']} | {r['samples']} | {cells[0]} | {cells[1]} | "
-                     f"{verdict} |")
+        cells = [f"{x[0]:+.4f} [{x[1]:+.3f}, {x[2]:+.3f}]" if x else "-"
+                 for x in (r["hr_20_diff"], r["ndcg_20_diff"], r.get("cold_hr_20_diff"))]
+        lines.append(f"| {r['question']} | {r['a']} | {r['b']} | {r['samples']} | {' | '.join(cells)} | {verdict} |")
     return lines
 
 
@@ -135,21 +169,16 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
              f"on this machine (PPT -> PFT: half each); scoring-head variants rank every test target, generative "
              f"variants a fixed random sample of {report['test_samples']} (beam search); each row says how many. "
              f"`train targets/s` counts the training targets (loss terms) per second; intervals are user-bootstrap "
-             f"95% CIs (1000 draws). `cold HR@20`: test targets whose item is never a training target "
-             f"({report.get('cold_items', {}).get('test_targets', '-')} of the test split). `masked` removes items "
-             f"already in the history from the ranked list.", "",
+             f"95% CIs (1000 draws). `masked` removes items already in the history from the ranked list.", "",
              "## LLM variants and baselines", "", head, sep]
     for name, v in report["variants"].items():
-        cold = v.get("cold", {})
         tokens = f"{v['prompt_tokens_mean']:.0f} tokens/ranking; " if v.get("prompt_tokens_mean") else ""
         extra = (f"{v['samples']} targets; {v['head']} head; {tokens}train {v['train_seconds']:.0f} s, "
-                 f"{v['train_targets_per_s']:.1f} targets/s; rank {v['users_per_s']:.2f} users/s; cold HR@20 "
-                 f"{_num(cold.get('hr_20'))} (n={cold.get('targets', '-')})")
+                 f"{v['train_targets_per_s']:.1f} targets/s; rank {v['users_per_s']:.2f} users/s")
         lines.append(_row(name, v, extra))
     for kind, b in report["baselines"].items():
-        tr, cold = b["train"], b.get("cold", {})
-        extra = f"{tr['epochs']} epochs, {tr['seconds']:.0f} s; " if tr else "counts of training targets; "
-        extra += f"cold HR@20 {_num(cold.get('hr_20'))}"
+        tr = b["train"]
+        extra = f"{tr['epochs']} epochs, {tr['seconds']:.0f} s" if tr else "counts of training targets"
         lines.append(_row(f"{kind} ({b['all_test']['samples']} targets)", b["all_test"], extra))
         if any(v["head"] == "generative" for v in report["variants"].values()):
             lines.append(_row(f"{kind} (generative variants' sample)", b["llm_sample"], ""))
@@ -165,6 +194,7 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
     for kind, b in report["baselines"].items():
         lines.append(_row2(f"{kind} ({b['all_test']['samples']} targets)", b["all_test"]["metrics"],
                            "no titles generated"))
+    lines += _slice_lines(report)
     lines += _comparison_lines(report)
     refs = [f"{kind}: {json.dumps(ref)}" for kind, ref in report["reference"].items()]
     if refs:

@@ -181,6 +181,20 @@ class TrainConfig(_Frozen):
                                   description="scoring head: learning rate of the correction (default lr)")
     negatives: int | None = Field(None, ge=1, description="scoring head: sampled softmax with this many uniform "
                                   "negatives (None: full softmax over the catalog)")
+    score: Literal["dot", "cosine"] = Field("dot", description="scoring head: hidden state x item vector (dot), or "
+                                            "cosine of the two over `temperature` with mean-centred item vectors")
+    temperature: float = Field(0.07, ge=0.01, le=1, description="scoring head, cosine: the fixed softmax temperature")
+    title_skip: bool = Field(False, description="scoring head, cosine: add each item's cosine to the newest history "
+                             "item (a skip connection around the LM: title similarity ranks cold items from the start)")
+    item_decay: float = Field(0.0, ge=0, le=100, description="scoring head: decoupled weight decay of the per-item "
+                              "correction (keeps rarely trained and cold items near their title vector)")
+    cold_keep_title: bool = Field(False, description="scoring head: items that are never a training target get no "
+                                  "correction and keep their title vector (their gradient rows are zeroed: Adam "
+                                  "would otherwise move every never-target item down at full speed)")
+    mask_same_title: bool = Field(False, description="scoring head: other items with the target's title are not "
+                                  "training negatives")
+    layers: int | None = Field(None, ge=1, description="scoring head: keep only the LM's first this many transformer "
+                               "layers (faster steps: more epochs in a budget)")
     max_seconds: float | None = Field(None, gt=0, description="wall-clock training budget; the schedule follows it")
     curve_every_s: float | None = Field(None, gt=0, description="probe validation metrics every this many "
                                         "training seconds (the learning curve)")
@@ -198,6 +212,8 @@ class TrainConfig(_Frozen):
             raise ValueError(f"stage {self.stage!r} uses layout {sorted(allowed)}, not {self.layout!r}")
         if self.keep_best and not self.curve_every_s:
             raise ValueError("keep_best selects among validation probes: set curve_every_s too")
+        if self.title_skip and self.score != "cosine":
+            raise ValueError("title_skip adds a cosine similarity: set score='cosine' too")
         if self.stage not in _HEAD_STAGES[self.head]:
             raise ValueError(f"the {self.head} head trains in stage(s) {sorted(_HEAD_STAGES[self.head])}, not "
                              f"{self.stage!r}")

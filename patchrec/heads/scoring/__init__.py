@@ -43,6 +43,7 @@ class ScoringObjective:
         self.windows, self.is_target = plan_windows(store, self.layout)
         if not len(self.windows):
             raise ValueError("no training window: the train split has no targets")
+        self._hooked: set[int] = set()  # models whose correction rows of never-target items are held at zero
 
     def plan(self) -> list[np.ndarray]:
         rng = np.random.default_rng(self.cfg.seed)
@@ -55,19 +56,32 @@ class ScoringObjective:
     def refresh(self, model) -> None:
         pass  # item patches stay those of the base embeddings; the learned correction carries the rest
 
+    def _hold_cold(self, model: ScoringModel) -> None:
+        """Zero the correction's gradient rows of items that are never a train target: their Adam moments stay
+        zero, so they never move (weight decay of a zero row is zero too) and keep their title vector."""
+        if id(model) in self._hooked or model.item_delta is None:
+            return
+        trained = torch.zeros(model.item_delta.shape[0], dtype=model.item_delta.dtype, device=model.item_delta.device)
+        trained[torch.from_numpy(self.store.flat[self.is_target].astype(np.int64)).to(trained.device)] = 1
+        model.item_delta.register_hook(lambda g: g * trained[:, None])
+        self._hooked.add(id(model))
+
     def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> Terms:
+        if self.cfg.cold_keep_title:
+            self._hold_cold(model)
         rows = window_rows(self.store, self.windows, micro, self.is_target, model.item_vectors(), model.start(),
                            self.layout)
         n = len(rows.targets)
-        return Terms(catalog_loss(model, rows, self.cfg.negatives, generator, "sum"), n, n, rows.compressed)
+        loss = catalog_loss(model, rows, self.cfg.negatives, generator, "sum", self.cfg.mask_same_title)
+        return Terms(loss, n, n, rows.compressed)
 
     def param_groups(self, model, cfg: TrainConfig) -> list[dict[str, Any]]:
-        """The per-item correction gets `item_lr` and no weight decay; the rest the stage's settings."""
+        """The per-item correction gets `item_lr` and `item_decay`; the rest the stage's settings."""
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         items = [p for n, p in named if n == ITEM_TABLE]
         groups: list[dict[str, Any]] = [{"params": [p for n, p in named if n != ITEM_TABLE]}]
         if items:
-            groups.append({"params": items, "lr": cfg.item_lr or cfg.lr, "weight_decay": 0.0})
+            groups.append({"params": items, "lr": cfg.item_lr or cfg.lr, "weight_decay": cfg.item_decay})
         return groups
 
 

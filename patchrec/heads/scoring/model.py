@@ -11,9 +11,14 @@ The per-sample evaluation history is laid out the same way: its newest `context 
 item patches and older ones as up to `sessions` sessions, one forward pass per batch of users.
 
 Scores. Item vector = the item's title patch (mean of its title token embeddings), plus an optional
-learned per-item correction that starts at zero, so an item never seen in training still has a vector.
-Score = last hidden state x item vector for every catalog item; training uses a full softmax over the
-catalog, or a sampled one (the batch's targets + uniform negatives) for catalogs too large for it.
+learned per-item correction that starts at zero (decayed toward zero with `item_decay`), so an item never seen
+in training still has its title's vector. Score `dot` = last hidden state x item vector; `cosine` = the cosine
+of the hidden state and the mean-centred item vector over a fixed temperature, plus (`title_skip`) a learned
+weight times the cosine between the newest history item and each item: a skip connection around the LM, so
+title similarity (sequels, series, same author) ranks items from the first step, cold ones included, and the
+LM learns what the titles miss. Training uses a full softmax over the catalog, or a sampled one (the batch's
+targets + uniform negatives) for catalogs too large for it; `mask_same_title` drops the other items with the
+target's title from its negatives (a correct title is not punished).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from patchrec.model import attach_trainable
 from patchrec.patching import CatalogTable, item_patches, pool_units
 
 __all__ = ["ITEM_TABLE", "Layout", "Rows", "ScoringModel", "Windows", "assemble_rows", "catalog_loss", "history_row",
-           "plan_windows", "scoring_model", "window_rows"]
+           "plan_windows", "scoring_model", "title_groups", "truncate_layers", "window_rows"]
 
 ITEM_TABLE = "item_delta"  # the parameter name of the learned per-item correction
 
@@ -120,6 +125,7 @@ class Rows:
     loss_b: Tensor | None = None  # (n,) row of each loss position
     loss_s: Tensor | None = None  # (n,) position
     targets: Tensor | None = None  # (n,) target item index
+    prev: Tensor | None = None  # (n,) or (B,) newest item before each loss position / row end (-1: none)
     compressed: float = 0.0  # share of input items inside session patches
 
 
@@ -155,13 +161,14 @@ def assemble_rows(rows: list[tuple[np.ndarray, int]], vectors: Tensor, start: Te
     lengths = torch.from_numpy(n_pos).to(dev)
     mask = (torch.arange(S, device=dev)[None, :] < lengths[:, None]).long()
     compressed = sum(s * group for _, s in rows) / max(1, sum(len(i) for i, _ in rows))
-    return Rows(embeds, mask, lengths, compressed=compressed)
+    prev = torch.tensor([int(items[-1]) if len(items) else -1 for items, _ in rows], dtype=torch.long, device=dev)
+    return Rows(embeds, mask, lengths, prev=prev, compressed=compressed)
 
 
 def window_rows(store: SequenceStore, windows: Windows, picks: np.ndarray, is_target: np.ndarray, vectors: Tensor,
                 start: Tensor, layout: Layout) -> Rows:
     """Assemble the windows `picks` with a loss position at every item patch whose next item is a target."""
-    rows, lb, ls, tg = [], [], [], []
+    rows, lb, ls, tg, pv = [], [], [], [], []
     for b, w in enumerate(picks):
         off = int(store.offsets[windows.row[w]])
         lo, item_lo, hi, block = (int(windows.lo[w]), int(windows.item_lo[w]), int(windows.hi[w]),
@@ -173,35 +180,71 @@ def window_rows(store: SequenceStore, windows: Windows, picks: np.ndarray, is_ta
         lb.append(np.full(len(nxt), b))
         ls.append(1 + n_sessions + (nxt - 1 - item_lo))
         tg.append(store.flat[off + nxt].astype(np.int64))
+        pv.append(store.flat[off + nxt - 1].astype(np.int64))
     out = assemble_rows(rows, vectors, start, layout.group)
     dev = vectors.device
     out.loss_b = torch.from_numpy(np.concatenate(lb)).to(dev)
     out.loss_s = torch.from_numpy(np.concatenate(ls)).to(dev)
     out.targets = torch.from_numpy(np.concatenate(tg)).to(dev)
+    out.prev = torch.from_numpy(np.concatenate(pv)).to(dev)
     return out
 
 
+def title_groups(catalog: CatalogTable) -> Tensor:
+    """(N,) long: one id per distinct title token sequence (items sharing a title share it)."""
+    key = torch.cat([catalog.title_len[:, None], catalog.title_ids], dim=1)
+    return torch.unique(key, dim=0, return_inverse=True)[1]
+
+
 class ScoringModel(nn.Module):
-    """A causal LM body scoring the catalog: hidden state x (title patch + learned correction).
+    """A causal LM body scoring the catalog: hidden state against (title patch + learned correction).
 
     Args:
         lm: the causal LM with its trainable weights attached (LoRA or full).
         patches: (N, D) item patches of the catalog (kept fixed).
         start_id: the token whose embedding opens every row.
         correction: learn a per-item correction of the item vectors (zero at start).
+        score: "dot" or "cosine" (see the module doc).
+        temperature: the cosine scores' fixed temperature.
+        title_skip: add the learned-weight cosine to the newest history item (cosine only).
+        groups: (N,) title group of every item, for `mask_same_title` (None: no masking).
     """
 
-    def __init__(self, lm: nn.Module, patches: Tensor, start_id: int, correction: bool = True):
+    def __init__(self, lm: nn.Module, patches: Tensor, start_id: int, correction: bool = True,
+                 score: str = "dot", temperature: float = 0.07, title_skip: bool = False,
+                 groups: Tensor | None = None):
         super().__init__()
         self.lm = lm
         self.register_buffer("patches", patches.detach().clone(), persistent=False)
+        self.register_buffer("centre", patches.detach().float().mean(0), persistent=False)
+        self.register_buffer("groups", None if groups is None else groups.clone(), persistent=False)
         self.item_delta = nn.Parameter(torch.zeros_like(self.patches)) if correction else None
-        self.start_id = start_id
+        # the skip's weight, in units of the LM term's (1 at start: title similarity and LM count alike)
+        self.title_skip = nn.Parameter(torch.ones(())) if title_skip else None
+        self.start_id, self.score, self.temperature = start_id, score, temperature
         self.bf16_weights = False  # frozen weights stored in bf16: run under bf16 autocast
 
     def item_vectors(self) -> Tensor:
-        """(N, D): the vector of every catalog item (input patch and output scorer alike)."""
+        """(N, D): the vector of every catalog item (the LM's input patch and, for `dot`, the output scorer)."""
         return self.patches if self.item_delta is None else self.patches + self.item_delta
+
+    def output_vectors(self) -> Tensor:
+        """(N, D) fp32: what a hidden state is scored against (unit-norm, mean-centred for `cosine`)."""
+        v = self.item_vectors().float()
+        return v if self.score == "dot" else nn.functional.normalize(v - self.centre, dim=-1)
+
+    def logits(self, h: Tensor, prev: Tensor | None, items: Tensor | None = None) -> Tensor:
+        """(n, D) hidden states, (n,) newest earlier item (-1: none) -> (n, N) scores (or of `items` only)."""
+        out = self.output_vectors()
+        cand = out if items is None else out[items]
+        h = h.float()
+        if self.score == "dot":
+            return h @ cand.T
+        scores = nn.functional.normalize(h, dim=-1) @ cand.T
+        if self.title_skip is not None and prev is not None:
+            has = (prev >= 0).to(scores.dtype)[:, None]
+            scores = scores + self.title_skip * has * (out[prev.clamp(min=0)] @ cand.T)
+        return scores / self.temperature
 
     def start(self) -> Tensor:
         emb = self.lm.get_input_embeddings()
@@ -213,25 +256,45 @@ class ScoringModel(nn.Module):
         return lm.model(inputs_embeds=rows.inputs_embeds, attention_mask=rows.attention_mask).last_hidden_state
 
     def last_scores(self, rows: Rows) -> Tensor:
-        """(B, N) catalog scores after each row's last position."""
+        """(B, N) fp32 catalog scores after each row's last position."""
         h = self.hidden(rows)
-        last = h[torch.arange(h.shape[0], device=h.device), rows.lengths - 1]
-        return last.float() @ self.item_vectors().float().T
+        return self.logits(h[torch.arange(h.shape[0], device=h.device), rows.lengths - 1], rows.prev)
 
 
 def catalog_loss(model: ScoringModel, rows: Rows, negatives: int | None = None,
-                 generator: torch.Generator | None = None, reduction: str = "mean") -> Tensor:
+                 generator: torch.Generator | None = None, reduction: str = "mean",
+                 mask_same_title: bool = False) -> Tensor:
     """Cross-entropy of each loss position's target (mean or sum over positions): over the whole catalog, or
     (with `negatives`) over the batch's targets plus that many uniform negatives (targets already among the
-    candidates are not negatives).
+    candidates are not negatives). `mask_same_title`: the target's same-title items are not negatives.
     """
-    h = model.hidden(rows)[rows.loss_b, rows.loss_s].float()  # (n, D)
-    vectors = model.item_vectors().float()
+    h = model.hidden(rows)[rows.loss_b, rows.loss_s]  # (n, D)
+    n_items = model.patches.shape[0]
     if negatives is None:
-        return nn.functional.cross_entropy(h @ vectors.T, rows.targets, reduction=reduction)
-    drawn = torch.randint(0, vectors.shape[0], (negatives,), generator=generator).to(vectors.device)
-    cands, inverse = torch.unique(torch.cat([rows.targets, drawn]), return_inverse=True)
-    return nn.functional.cross_entropy(h @ vectors[cands].T, inverse[: len(rows.targets)], reduction=reduction)
+        cands, labels = None, rows.targets
+    else:
+        drawn = torch.randint(0, n_items, (negatives,), generator=generator).to(h.device)
+        cands, inverse = torch.unique(torch.cat([rows.targets, drawn]), return_inverse=True)
+        labels = inverse[: len(rows.targets)]
+    logits = model.logits(h, rows.prev, cands)
+    if mask_same_title and model.groups is not None:
+        groups = model.groups if cands is None else model.groups[cands]
+        same = groups[None, :] == model.groups[rows.targets][:, None]
+        same[torch.arange(len(labels), device=same.device), labels] = False
+        logits = logits.masked_fill(same, float("-inf"))
+    return nn.functional.cross_entropy(logits, labels, reduction=reduction)
+
+
+def truncate_layers(lm: nn.Module, layers: int) -> None:
+    """Keep the first `layers` transformer layers of a decoder LM (the rest are dropped, not skipped)."""
+    body = lm.model
+    have = len(body.layers)
+    if layers > have:
+        raise ValueError(f"layers={layers}: the base model has only {have} transformer layers")
+    body.layers = body.layers[:layers]
+    lm.config.num_hidden_layers = layers
+    if getattr(lm.config, "layer_types", None):
+        lm.config.layer_types = lm.config.layer_types[:layers]
 
 
 def scoring_model(lm: nn.Module, cfg: TrainConfig, new_tokens: list[int], catalog: CatalogTable) -> ScoringModel:
@@ -243,6 +306,8 @@ def scoring_model(lm: nn.Module, cfg: TrainConfig, new_tokens: list[int], catalo
     stored in bf16 so that autocast does not cast them again at every step.
     """
     lm.set_attn_implementation("eager")
+    if cfg.layers is not None:
+        truncate_layers(lm, cfg.layers)
     with torch.no_grad():
         patches = item_patches(lm.get_input_embeddings(), catalog.title_ids, catalog.title_len)
     lm = attach_trainable(lm, cfg, new_tokens)
@@ -254,6 +319,7 @@ def scoring_model(lm: nn.Module, cfg: TrainConfig, new_tokens: list[int], catalo
         for p in lm.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
-    model = ScoringModel(lm, patches, new_tokens[0], cfg.item_correction)
+    model = ScoringModel(lm, patches, new_tokens[0], cfg.item_correction, cfg.score, cfg.temperature,
+                         cfg.title_skip, title_groups(catalog) if cfg.mask_same_title else None)
     model.bf16_weights = cfg.finetune == "lora" and use_bf16(cfg.bf16)
     return model

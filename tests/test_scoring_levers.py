@@ -1,0 +1,116 @@
+"""The scoring head's text levers: cosine scores with a title skip, cold items held on their title vector,
+same-title items kept out of the negatives, a truncated LM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from patchrec.config import EvalConfig
+from patchrec.data.sequences import SequenceStore
+from patchrec.evaluation.split import evaluate_split
+from patchrec.heads.scoring import ScoringObjective
+from patchrec.heads.scoring.model import (
+    Layout,
+    assemble_rows,
+    catalog_loss,
+    plan_windows,
+    title_groups,
+    truncate_layers,
+    window_rows,
+)
+from patchrec.patching import CatalogTable
+from patchrec.runtime import Base, Runtime, read_items
+from patchrec.training import fit, train_run
+from tests.test_scoring import COLD, TEXT, _cfg, _key_of, _model, _spec
+
+
+def test_title_groups_give_items_with_one_title_one_id():
+    catalog = CatalogTable.from_token_lists([[5, 6], [5], [5, 6], [7, 8, 9], [5]])
+    g = title_groups(catalog).tolist()
+    assert g[0] == g[2] and g[1] == g[4] and len({g[0], g[1], g[3]}) == 3
+
+
+def test_the_title_skip_scores_each_item_by_its_cosine_to_the_newest_history_item(data):
+    """Cosine scores = (cos(h, v_i) + w * cos(v_prev, v_i)) / temperature, mean-centred unit item vectors."""
+    spec = _spec(**TEXT, temperature=0.1)
+    _, _, model = _model(data, spec)
+    with torch.no_grad():
+        model.title_skip.fill_(0.5)
+        row = assemble_rows([(np.array([4, 9, 2]), 0)], model.item_vectors(), model.start(), 2)
+        got = model.last_scores(row)[0]
+        h = model.hidden(row)[0, -1].float()
+        v = model.item_vectors().float() - model.patches.float().mean(0)
+        v = v / v.norm(dim=1, keepdim=True)
+        want = (v @ (h / h.norm()) + 0.5 * (v @ v[2])) / 0.1
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_same_title_items_are_not_negatives(data):
+    spec = _spec(**TEXT, temperature=1.0)
+    _, _, model = _model(data, spec)
+    key = _key_of(data)
+    twin, cold = key[3], key[COLD]  # the fixture's cold item has the title of item 3
+    assert model.groups[twin] == model.groups[cold]
+    with torch.no_grad():  # the twins score alike: the cold one is the target's strongest competitor
+        model.item_delta[cold] = model.item_delta[twin]
+    store = SequenceStore(data)
+    lay = Layout.of(spec.train)
+    windows, is_target = plan_windows(store, lay)
+    with torch.no_grad():
+        rows = window_rows(store, windows, np.arange(len(windows.row)), is_target, model.item_vectors(),
+                           model.start(), lay)
+        keep = rows.targets == twin
+        assert keep.any()
+        masked = catalog_loss(model, rows, reduction="none", mask_same_title=True)
+        plain = catalog_loss(model, rows, reduction="none")
+        logits = model.logits(model.hidden(rows)[rows.loss_b, rows.loss_s], rows.prev)
+        logits[keep, cold] = float("-inf")  # by hand: the twin's target rows lose the cold item as a competitor
+        want = torch.nn.functional.cross_entropy(logits, rows.targets, reduction="none")
+    torch.testing.assert_close(masked, want)
+    assert (masked[keep] < plain[keep]).all() and torch.equal(masked[~keep], plain[~keep])
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_never_target_items_keep_their_title_vector(data, tmp_path, hold):
+    """With cold_keep_title the correction of an item that is never a train target stays exactly zero
+    (Adam and weight decay included); without it the softmax moves it."""
+    spec = _spec(**{**TEXT, "cold_keep_title": hold}, epochs=2, item_decay=0.1)
+    _, _, model = _model(data, spec)
+    with torch.no_grad():
+        model.item_delta.zero_()
+    store = SequenceStore(data)
+    objective = ScoringObjective(store, spec.train)
+    fit(model.train(), objective, spec.train, tmp_path / "run", progress=False)
+    never = np.setdiff1d(np.arange(model.patches.shape[0]), store.flat[objective.is_target])
+    assert _key_of(data)[COLD] in never
+    delta = model.item_delta.detach()
+    assert bool((delta[never] == 0).all()) == hold
+    assert (delta[store.flat[objective.is_target]].abs().sum(1) > 0).all()
+
+
+def test_a_cosine_title_skip_model_learns_and_ranks_after_reload(data, tmp_path):
+    spec = _spec(**TEXT, epochs=30)
+    train_run(data, tmp_path / "run", spec, progress=False)
+    runtime = Runtime.load(read_items(data / "items.parquet"), spec, tmp_path / "run" / "trainable.pt")
+    assert float(runtime.model.title_skip) != 1.0  # the skip weight trained and was saved with the weights
+    got = evaluate_split(runtime, data, tmp_path / "eval", EvalConfig(split="test", bf16=False),
+                         progress=False).metrics
+    assert got["hr_5"] >= 0.5, got
+
+
+def test_truncating_the_lm_keeps_its_first_layers(data):
+    spec = _spec()
+    items = read_items(data / "items.parquet")
+    lm = Base(items.title.astype(str).tolist(), spec.model, spec.prompt).model
+    first = lm.model.layers[0]
+    truncate_layers(lm, 1)
+    assert len(lm.model.layers) == 1 and lm.model.layers[0] is first and lm.config.num_hidden_layers == 1
+    with pytest.raises(ValueError, match="has only 1 transformer layers"):
+        truncate_layers(lm, 2)
+
+
+def test_the_title_skip_needs_cosine_scores():
+    with pytest.raises(ValueError, match="title_skip adds a cosine similarity"):
+        _cfg(title_skip=True)
