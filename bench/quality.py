@@ -61,9 +61,10 @@ REFERENCE = {"ml-1m": {"sasrec": {"hr_20": 0.148, "ndcg_20": 0.056}, "popularity
 TEXT_LEVERS = {"score": "cosine", "title_skip": True, "cold_keep_title": True, "mask_same_title": True}
 
 
-def variants(seconds: float, lr: float, keep_best: bool = True) -> dict[str, dict[str, Any]]:
+def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 8) -> dict[str, dict[str, Any]]:
     """name -> {"ppt": TrainConfig | None, "pft": TrainConfig}; each variant trains for `seconds` in all.
-    `keep_best`: scoring-head variants keep the weights of their best validation probe."""
+    `keep_best`: scoring-head variants keep the weights of their best validation probe. `short_lm`: the layers the
+    "8 layers" variant keeps (fewer only for a test model that has fewer)."""
     half = seconds / 2
     gen = dict(max_seconds=seconds, lr=lr, curve_every_s=seconds / 2, curve_samples=32)
     scoring = SCORING_RECIPE | dict(max_seconds=seconds, curve_every_s=seconds / 6, curve_samples=256,
@@ -84,8 +85,8 @@ def variants(seconds: float, lr: float, keep_best: bool = True) -> dict[str, dic
         "PPT -> scoring, item patches": {"ppt": ppt, "pft": TrainConfig(**{**scoring, "max_seconds": half,
                                                                           "curve_every_s": half / 3})},
         "Scoring, cosine + title skip": {"ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS})},
-        "Scoring, cosine + title skip, 8 layers": {"ppt": None,
-                                                   "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": 8})},
+        "Scoring, cosine + title skip, 8 layers": {
+            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm})},
     }
 
 
@@ -194,7 +195,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
     ranks: dict[str, pd.DataFrame] = {}
     stage_seconds: dict[Path, float] = {}
     reused: dict[Path, bool] = {}  # stage folder -> finished before this invocation
-    chosen = variants(seconds, lr, keep_best)
+    chosen = variants(seconds, lr, keep_best, min(8, mcfg.tiny_layers) if base == "tiny" else 8)
     unknown = set(only or []) - set(chosen)
     if unknown:
         raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {list(chosen)}")
