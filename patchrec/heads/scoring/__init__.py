@@ -43,7 +43,6 @@ class ScoringObjective:
         self.windows, self.is_target = plan_windows(store, self.layout)
         if not len(self.windows):
             raise ValueError("no training window: the train split has no targets")
-        self._hooked: set[int] = set()  # models whose correction rows of never-target items are held at zero
 
     def plan(self) -> list[np.ndarray]:
         rng = np.random.default_rng(self.cfg.seed)
@@ -58,17 +57,13 @@ class ScoringObjective:
 
     def _hold_cold(self, model: ScoringModel) -> None:
         """Zero the correction's gradient rows of items that are never a train target: their Adam moments stay
-        zero, so they never move (weight decay of a zero row is zero too) and keep their title vector."""
-        if id(model) in self._hooked or model.item_delta is None:
-            return
+        zero, so they never move (weight decay of a zero row is zero too) and keep their title vector. The hook
+        multiplies by a 0/1 mask, so registering it again (a second `fit` of the same model) changes nothing."""
         trained = torch.zeros(model.item_delta.shape[0], dtype=model.item_delta.dtype, device=model.item_delta.device)
         trained[torch.from_numpy(self.store.flat[self.is_target].astype(np.int64)).to(trained.device)] = 1
         model.item_delta.register_hook(lambda g: g * trained[:, None])
-        self._hooked.add(id(model))
 
     def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> Terms:
-        if self.cfg.cold_keep_title:
-            self._hold_cold(model)
         rows = window_rows(self.store, self.windows, micro, self.is_target, model.item_vectors(), model.start(),
                            self.layout)
         n = len(rows.targets)
@@ -76,9 +71,12 @@ class ScoringObjective:
         return Terms(loss, n, n, rows.compressed)
 
     def param_groups(self, model, cfg: TrainConfig) -> list[dict[str, Any]]:
-        """The per-item correction gets `item_lr` and `item_decay`; the rest the stage's settings."""
+        """The per-item correction gets `item_lr` and `item_decay` (and, with `cold_keep_title`, no update of the
+        rows of never-target items); the rest the stage's settings."""
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         items = [p for n, p in named if n == ITEM_TABLE]
+        if items and cfg.cold_keep_title:
+            self._hold_cold(model)
         groups: list[dict[str, Any]] = [{"params": [p for n, p in named if n != ITEM_TABLE]}]
         if items:
             groups.append({"params": items, "lr": cfg.item_lr or cfg.lr, "weight_decay": cfg.item_decay})
