@@ -61,10 +61,11 @@ REFERENCE = {"ml-1m": {"sasrec": {"hr_20": 0.148, "ndcg_20": 0.056}, "popularity
 TEXT_LEVERS = {"score": "cosine", "title_skip": True, "cold_keep_title": True, "mask_same_title": True}
 
 
-def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 8) -> dict[str, dict[str, Any]]:
+def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 8,
+             mid_lm: int = 12) -> dict[str, dict[str, Any]]:
     """name -> {"ppt": TrainConfig | None, "pft": TrainConfig}; each variant trains for `seconds` in all.
-    `keep_best`: scoring-head variants keep the weights of their best validation probe. `short_lm`: the layers the
-    "8 layers" variant keeps (fewer only for a test model that has fewer)."""
+    `keep_best`: scoring-head variants keep the weights of their best validation probe. `short_lm`, `mid_lm`: the
+    layers the "8 layers" and "12 layers" variants keep (fewer only for a test model that has fewer)."""
     half = seconds / 2
     gen = dict(max_seconds=seconds, lr=lr, curve_every_s=seconds / 2, curve_samples=32)
     scoring = SCORING_RECIPE | dict(max_seconds=seconds, curve_every_s=seconds / 6, curve_samples=256,
@@ -87,6 +88,11 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
         "Scoring, cosine + title skip": {"ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS})},
         "Scoring, cosine + title skip, 8 layers": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm})},
+        "Scoring, cosine + title-patch skip, 8 layers": {
+            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "title_skip": "title", "layers": short_lm})},
+        "Scoring, cosine + title-patch skip, 12 layers": {
+            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "title_skip": "title",
+                                               "layers": mid_lm})},
     }
 
 
@@ -94,6 +100,12 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
 COMPARISONS = [
     ("text levers (cosine + title skip) vs SASRec", "Scoring, cosine + title skip", "sasrec"),
     ("text levers, 8 layers vs SASRec", "Scoring, cosine + title skip, 8 layers", "sasrec"),
+    ("title-patch skip, 8 layers vs SASRec", "Scoring, cosine + title-patch skip, 8 layers", "sasrec"),
+    ("title-patch skip, 12 layers vs SASRec", "Scoring, cosine + title-patch skip, 12 layers", "sasrec"),
+    ("skip on fixed title patches vs on item vectors (8 layers)", "Scoring, cosine + title-patch skip, 8 layers",
+     "Scoring, cosine + title skip, 8 layers"),
+    ("12 vs 8 LM layers (title-patch skip)", "Scoring, cosine + title-patch skip, 12 layers",
+     "Scoring, cosine + title-patch skip, 8 layers"),
     ("8 of 30 LM layers (3.6x the steps) vs all 30", "Scoring, cosine + title skip, 8 layers",
      "Scoring, cosine + title skip"),
     ("text levers vs the dot-product scoring head", "Scoring, cosine + title skip", "Scoring, item patches"),
@@ -195,7 +207,9 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
     ranks: dict[str, pd.DataFrame] = {}
     stage_seconds: dict[Path, float] = {}
     reused: dict[Path, bool] = {}  # stage folder -> finished before this invocation
-    chosen = variants(seconds, lr, keep_best, min(8, mcfg.tiny_layers) if base == "tiny" else 8)
+    tiny = base == "tiny"
+    chosen = variants(seconds, lr, keep_best, min(8, mcfg.tiny_layers) if tiny else 8,
+                      min(12, mcfg.tiny_layers) if tiny else 12)
     unknown = set(only or []) - set(chosen)
     if unknown:
         raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {list(chosen)}")

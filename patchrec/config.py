@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "FORMATS",
@@ -184,8 +184,11 @@ class TrainConfig(_Frozen):
     score: Literal["dot", "cosine"] = Field("dot", description="scoring head: hidden state x item vector (dot), or "
                                             "cosine of the two over `temperature` with mean-centred item vectors")
     temperature: float = Field(0.07, ge=0.01, le=1, description="scoring head, cosine: the fixed softmax temperature")
-    title_skip: bool = Field(False, description="scoring head, cosine: add each item's cosine to the newest history "
-                             "item (a skip connection around the LM: title similarity ranks cold items from the start)")
+    title_skip: Literal["off", "item", "title"] = Field(
+        "off", description="scoring head, cosine: add a learned weight x each item's cosine to the newest history item "
+        "(a skip connection around the LM: title similarity ranks cold items from the start); `item`: between the "
+        "learned item vectors, `title`: between the fixed title patches (the zero-training text prior stays intact "
+        "however far the correction moves). true = item, false = off")
     item_decay: float = Field(0.0, ge=0, le=100, description="scoring head: decoupled weight decay of the per-item "
                               "correction (keeps rarely trained and cold items near their title vector)")
     cold_keep_title: bool = Field(False, description="scoring head: items that are never a training target get no "
@@ -205,6 +208,11 @@ class TrainConfig(_Frozen):
     keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (the newest ones)")
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
+    @field_validator("title_skip", mode="before")
+    @classmethod
+    def _skip_from_bool(cls, v: Any) -> Any:
+        return {True: "item", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _check_stage(self) -> TrainConfig:
         allowed = {"ppt": {"mixed"}, "pft": {"item", "session"}, "sft": {"text"}}[self.stage]
@@ -212,7 +220,7 @@ class TrainConfig(_Frozen):
             raise ValueError(f"stage {self.stage!r} uses layout {sorted(allowed)}, not {self.layout!r}")
         if self.keep_best and not self.curve_every_s:
             raise ValueError("keep_best selects among validation probes: set curve_every_s too")
-        if self.title_skip and self.score != "cosine":
+        if self.title_skip != "off" and self.score != "cosine":
             raise ValueError("title_skip adds a cosine similarity: set score='cosine' too")
         if self.stage not in _HEAD_STAGES[self.head]:
             raise ValueError(f"the {self.head} head trains in stage(s) {sorted(_HEAD_STAGES[self.head])}, not "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from patchrec.config import EvalConfig
 from patchrec.data.sequences import SequenceStore
@@ -45,6 +46,32 @@ def test_the_title_skip_scores_each_item_by_its_cosine_to_the_newest_history_ite
         v = v / v.norm(dim=1, keepdim=True)
         want = (v @ (h / h.norm()) + 0.5 * (v @ v[2])) / 0.1
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_title_space_skip_compares_fixed_title_patches_whatever_the_correction(data):
+    """title_skip: title -> (cos(h, v_i) + w * cos(t_prev, t_i)) / temperature, t = mean-centred unit title patches:
+    a trained correction moves the LM term, never the title prior (the sampled-candidate path agrees)."""
+    spec = _spec(**{**TEXT, "title_skip": "title"}, temperature=0.1)
+    _, _, model = _model(data, spec)
+    with torch.no_grad():
+        model.title_skip.fill_(0.5)
+        model.item_delta.normal_(0, 1.0)  # a large correction, as after many epochs
+        row = assemble_rows([(np.array([4, 9, 2]), 0)], model.item_vectors(), model.start(), 2)
+        got = model.last_scores(row)[0]
+        h = model.hidden(row)[0, -1].float()
+        centre = model.patches.float().mean(0)
+        v = nn.functional.normalize(model.item_vectors().float() - centre, dim=-1)
+        t = nn.functional.normalize(model.patches.float() - centre, dim=-1)
+        want = (v @ (h / h.norm()) + 0.5 * (t @ t[2])) / 0.1
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        some = torch.tensor([7, 2, 0])
+        sub = model.logits(h[None], row.prev, some)[0]
+        torch.testing.assert_close(sub, want[some], rtol=1e-4, atol=1e-4)
+
+
+def test_a_boolean_title_skip_means_the_item_space_one():
+    assert _cfg(**{**TEXT, "title_skip": True}).title_skip == "item"
+    assert _cfg(score="cosine", title_skip=False).title_skip == "off"
 
 
 def test_same_title_items_are_not_negatives(data):

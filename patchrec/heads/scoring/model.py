@@ -14,9 +14,10 @@ Scores. Item vector = the item's title patch (mean of its title token embeddings
 learned per-item correction that starts at zero (decayed toward zero with `item_decay`), so an item never seen
 in training still has its title's vector. Score `dot` = last hidden state x item vector; `cosine` = the cosine
 of the hidden state and the mean-centred item vector over a fixed temperature, plus (`title_skip`) a learned
-weight times the cosine between the newest history item and each item: a skip connection around the LM, so
-title similarity (sequels, series, same author) ranks items from the first step, cold ones included, and the
-LM learns what the titles miss. Training uses a full softmax over the catalog, or a sampled one (the batch's
+weight times the cosine between the newest history item and each item (of their item vectors, or with
+`title_skip: title` of their fixed title patches): a skip connection around the LM, so title similarity
+(sequels, series, same author) ranks items from the first step, cold ones included, and the LM learns what the
+titles miss. Training uses a full softmax over the catalog, or a sampled one (the batch's
 targets + uniform negatives) for catalogs too large for it; `mask_same_title` drops the other items with the
 target's title from its negatives (a correct title is not punished).
 """
@@ -206,12 +207,13 @@ class ScoringModel(nn.Module):
         correction: learn a per-item correction of the item vectors (zero at start).
         score: "dot" or "cosine" (see the module doc).
         temperature: the cosine scores' fixed temperature.
-        title_skip: add the learned-weight cosine to the newest history item (cosine only).
+        title_skip: "off", or add a learned weight x the cosine to the newest history item (cosine only): between
+            the item vectors ("item") or the fixed title patches ("title").
         groups: (N,) title group of every item, for `mask_same_title` (None: no masking).
     """
 
     def __init__(self, lm: nn.Module, patches: Tensor, start_id: int, correction: bool = True,
-                 score: str = "dot", temperature: float = 0.07, title_skip: bool = False,
+                 score: str = "dot", temperature: float = 0.07, title_skip: str = "off",
                  groups: Tensor | None = None):
         super().__init__()
         self.lm = lm
@@ -220,7 +222,10 @@ class ScoringModel(nn.Module):
         self.register_buffer("groups", None if groups is None else groups.clone(), persistent=False)
         self.item_delta = nn.Parameter(torch.zeros_like(self.patches)) if correction else None
         # the skip's weight, in units of the LM term's (1 at start: title similarity and LM count alike)
-        self.title_skip = nn.Parameter(torch.ones(())) if title_skip else None
+        self.title_skip = nn.Parameter(torch.ones(())) if title_skip != "off" else None
+        self.skip_on_titles = title_skip == "title"
+        titles = nn.functional.normalize(patches.detach().float() - self.centre, dim=-1)
+        self.register_buffer("title_units", titles if self.skip_on_titles else None, persistent=False)
         self.start_id, self.score, self.temperature = start_id, score, temperature
         self.bf16_weights = False  # frozen weights stored in bf16: run under bf16 autocast
 
@@ -243,7 +248,9 @@ class ScoringModel(nn.Module):
         scores = nn.functional.normalize(h, dim=-1) @ cand.T
         if self.title_skip is not None and prev is not None:
             has = (prev >= 0).to(scores.dtype)[:, None]
-            scores = scores + self.title_skip * has * (out[prev.clamp(min=0)] @ cand.T)
+            space = self.title_units if self.skip_on_titles else out
+            other = space if items is None else space[items]
+            scores = scores + self.title_skip * has * (space[prev.clamp(min=0)] @ other.T)
         return scores / self.temperature
 
     def start(self) -> Tensor:
