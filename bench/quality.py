@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shlex
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data_cfg = DataConfig(**data, out=args.work / "data" / args.profile)
     report = run(args.profile, data_cfg, args.work, seconds, test_samples, args.lr, args.base, args.sasrec_epochs,
                  args.only, args.keep_best)
-    report["command"] = "python -m bench.quality " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    report["command"] = "python -m bench.quality " + shlex.join(argv if argv is not None else sys.argv[1:])
     out = args.out or PROJECT_ROOT / "bench" / "results" / f"quality-{args.profile}.json"
     write_json(report, out)
     from bench.quality_report import write_report
@@ -309,8 +311,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    import sys
-
     from patchrec.stopping import Stopped
 
     try:
