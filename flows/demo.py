@@ -48,6 +48,8 @@ def main() -> None:
         if f"{kind}_test_hr_5" in m:
             print(f"  {kind[:6]:<6}" + "".join(f"{m[f'{kind}_test_hr_{k}']:>9.4f}{m[f'{kind}_test_ndcg_{k}']:>10.4f}"
                                                 for k in (5, 10, 20)) + "   (test, same targets)")
+    if m.get("popularity_test_hr_20"):
+        print(f"  test HR@20 = {m['test_hr_20'] / m['popularity_test_hr_20']:.2f} x popularity's")
     print(f"  registry: {reg['name']} v{reg['version']}: {reg['reason']}")
     state = args.state
     example = ",".join(example_history(Path(res["data_dir"])))
