@@ -234,7 +234,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
             init = rec
         ecfg = all_eval if v["pft"].head == "scoring" else sample_eval
         ev = evaluate_into(lambda fp: runs / f"eval-{fp}", ecfg, data, init)
-        reused[ev.dir] = ev.reused
+        reused.setdefault(ev.dir, ev.reused)  # a variant identical to an earlier one shares its folders
         ranks[name] = _ranks(ev.dir)
         summary = _summary(read_result(ev.dir), ranks[name])
         report["variants"][name] = {
