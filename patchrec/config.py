@@ -211,7 +211,7 @@ class TrainConfig(_Frozen):
     @field_validator("title_skip", mode="before")
     @classmethod
     def _skip_from_bool(cls, v: Any) -> Any:
-        return {True: "item", False: "off"}.get(v, v) if isinstance(v, bool) else v
+        return ("item" if v else "off") if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _check_stage(self) -> TrainConfig:

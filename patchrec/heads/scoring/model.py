@@ -224,8 +224,8 @@ class ScoringModel(nn.Module):
         # the skip's weight, in units of the LM term's (1 at start: title similarity and LM count alike)
         self.title_skip = nn.Parameter(torch.ones(())) if title_skip != "off" else None
         self.skip_on_titles = title_skip == "title"
-        titles = nn.functional.normalize(patches.detach().float() - self.centre, dim=-1)
-        self.register_buffer("title_units", titles if self.skip_on_titles else None, persistent=False)
+        self.register_buffer("title_units", nn.functional.normalize(self.patches.float() - self.centre, dim=-1)
+                             if self.skip_on_titles else None, persistent=False)
         self.start_id, self.score, self.temperature = start_id, score, temperature
         self.bf16_weights = False  # frozen weights stored in bf16: run under bf16 autocast
 
