@@ -92,6 +92,8 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm})},
         "Scoring, cosine + title-patch skip, 8 layers": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "title_skip": "title", "layers": short_lm})},
+        "Scoring, cosine + both skips, 8 layers": {
+            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "title_skip": "both", "layers": short_lm})},
         "Scoring, cosine + title-patch skip, 12 layers": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "title_skip": "title",
                                                "layers": mid_lm})},
@@ -103,6 +105,9 @@ COMPARISONS = [
     ("text levers (cosine + title skip) vs SASRec", "Scoring, cosine + title skip", "sasrec"),
     ("text levers, 8 layers vs SASRec", "Scoring, cosine + title skip, 8 layers", "sasrec"),
     ("title-patch skip, 8 layers vs SASRec", "Scoring, cosine + title-patch skip, 8 layers", "sasrec"),
+    ("both skips, 8 layers vs SASRec", "Scoring, cosine + both skips, 8 layers", "sasrec"),
+    ("both skips vs the title-patch skip (8 layers)", "Scoring, cosine + both skips, 8 layers",
+     "Scoring, cosine + title-patch skip, 8 layers"),
     ("title-patch skip, 12 layers vs SASRec", "Scoring, cosine + title-patch skip, 12 layers", "sasrec"),
     ("skip on fixed title patches vs on item vectors (8 layers)", "Scoring, cosine + title-patch skip, 8 layers",
      "Scoring, cosine + title skip, 8 layers"),

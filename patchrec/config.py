@@ -184,11 +184,12 @@ class TrainConfig(_Frozen):
     score: Literal["dot", "cosine"] = Field("dot", description="scoring head: hidden state x item vector (dot), or "
                                             "cosine of the two over `temperature` with mean-centred item vectors")
     temperature: float = Field(0.07, ge=0.01, le=1, description="scoring head, cosine: the fixed softmax temperature")
-    title_skip: Literal["off", "item", "title"] = Field(
+    title_skip: Literal["off", "item", "title", "both"] = Field(
         "off", description="scoring head, cosine: add a learned weight x each item's cosine to the newest history item "
         "(a skip connection around the LM: title similarity ranks cold items from the start); `item`: between the "
         "learned item vectors, `title`: between the fixed title patches (the zero-training text prior stays intact "
-        "however far the correction moves). true = item, false = off")
+        "however far the correction moves), `both`: one learned weight for each (half each at start). true = item, "
+        "false = off")
     item_decay: float = Field(0.0, ge=0, le=100, description="scoring head: decoupled weight decay of the per-item "
                               "correction (keeps rarely trained and cold items near their title vector)")
     cold_keep_title: bool = Field(False, description="scoring head: items that are never a training target get no "

@@ -69,6 +69,28 @@ def test_a_title_space_skip_compares_fixed_title_patches_whatever_the_correction
         torch.testing.assert_close(sub, want[some], rtol=1e-4, atol=1e-4)
 
 
+def test_both_skips_add_one_weighted_cosine_each_and_start_as_either_alone(data):
+    """title_skip: both -> (cos(h, v_i) + a * cos(v_prev, v_i) + b * cos(t_prev, t_i)) / temperature; a = b = 0.5 at
+    start, when v = t, so the first scores equal a single skip's."""
+    spec = _spec(**{**TEXT, "title_skip": "both"}, temperature=0.1)
+    _, _, model = _model(data, spec)
+    assert float(model.title_skip) == 0.5 and float(model.title_patch_skip) == 0.5
+    with torch.no_grad():
+        model.title_skip.fill_(0.3)
+        model.title_patch_skip.fill_(0.8)
+        model.item_delta.normal_(0, 1.0)
+        row = assemble_rows([(np.array([4, 9, 2]), 0)], model.item_vectors(), model.start(), 2)
+        got = model.last_scores(row)[0]
+        h = model.hidden(row)[0, -1].float()
+        centre = model.patches.float().mean(0)
+        v = nn.functional.normalize(model.item_vectors().float() - centre, dim=-1)
+        t = nn.functional.normalize(model.patches.float() - centre, dim=-1)
+        want = (v @ (h / h.norm()) + 0.3 * (v @ v[2]) + 0.8 * (t @ t[2])) / 0.1
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        some = torch.tensor([7, 2, 0])
+        torch.testing.assert_close(model.logits(h[None], row.prev, some)[0], want[some], rtol=1e-4, atol=1e-4)
+
+
 def test_a_boolean_title_skip_means_the_item_space_one():
     assert _cfg(**{**TEXT, "title_skip": True}).title_skip == "item"
     assert _cfg(score="cosine", title_skip=False).title_skip == "off"

@@ -15,9 +15,9 @@ learned per-item correction that starts at zero (decayed toward zero with `item_
 in training still has its title's vector. Score `dot` = last hidden state x item vector; `cosine` = the cosine
 of the hidden state and the mean-centred item vector over a fixed temperature, plus (`title_skip`) a learned
 weight times the cosine between the newest history item and each item (of their item vectors, or with
-`title_skip: title` of their fixed title patches): a skip connection around the LM, so title similarity
-(sequels, series, same author) ranks items from the first step, cold ones included, and the LM learns what the
-titles miss. Training uses a full softmax over the catalog, or a sampled one (the batch's
+`title_skip: title` of their fixed title patches, or both with a weight each): a skip connection around the
+LM, so title similarity (sequels, series, same author) ranks items from the first step, cold ones included, and
+the LM learns what the titles miss. Training uses a full softmax over the catalog, or a sampled one (the batch's
 targets + uniform negatives) for catalogs too large for it; `mask_same_title` drops the other items with the
 target's title from its negatives (a correct title is not punished).
 """
@@ -208,7 +208,8 @@ class ScoringModel(nn.Module):
         score: "dot" or "cosine" (see the module doc).
         temperature: the cosine scores' fixed temperature.
         title_skip: "off", or add a learned weight x the cosine to the newest history item (cosine only): between
-            the item vectors ("item") or the fixed title patches ("title").
+            the item vectors ("item"), the fixed title patches ("title"), or both with a weight each ("both"; half
+            each at start, so the first scores equal the single skips').
         groups: (N,) title group of every item, for `mask_same_title` (None: no masking).
     """
 
@@ -221,11 +222,14 @@ class ScoringModel(nn.Module):
         self.register_buffer("centre", patches.detach().float().mean(0), persistent=False)
         self.register_buffer("groups", None if groups is None else groups.clone(), persistent=False)
         self.item_delta = nn.Parameter(torch.zeros_like(self.patches)) if correction else None
-        # the skip's weight, in units of the LM term's (1 at start: title similarity and LM count alike)
-        self.title_skip = nn.Parameter(torch.ones(())) if title_skip != "off" else None
+        # the skip's weight, in units of the LM term's (1 at start: title similarity and LM count alike); with
+        # "both", `title_skip` weighs the item-vector cosine and `title_patch_skip` the title-patch one
+        both = title_skip == "both"
+        self.title_skip = nn.Parameter(torch.full((), 0.5 if both else 1.0)) if title_skip != "off" else None
+        self.title_patch_skip = nn.Parameter(torch.full((), 0.5)) if both else None
         self.skip_on_titles = title_skip == "title"
         self.register_buffer("title_units", nn.functional.normalize(self.patches.float() - self.centre, dim=-1)
-                             if self.skip_on_titles else None, persistent=False)
+                             if title_skip in ("title", "both") else None, persistent=False)
         self.start_id, self.score, self.temperature = start_id, score, temperature
         self.bf16_weights = False  # frozen weights stored in bf16: run under bf16 autocast
 
@@ -248,9 +252,12 @@ class ScoringModel(nn.Module):
         scores = nn.functional.normalize(h, dim=-1) @ cand.T
         if self.title_skip is not None and prev is not None:
             has = (prev >= 0).to(scores.dtype)[:, None]
-            space = self.title_units if self.skip_on_titles else out
-            other = space if items is None else space[items]
-            scores = scores + self.title_skip * has * (space[prev.clamp(min=0)] @ other.T)
+            last = prev.clamp(min=0)
+            for weight, space in ((self.title_skip, self.title_units if self.skip_on_titles else out),
+                                  (self.title_patch_skip, self.title_units)):
+                if weight is not None:
+                    other = space if items is None else space[items]
+                    scores = scores + weight * has * (space[last] @ other.T)
         return scores / self.temperature
 
     def start(self) -> Tensor:
