@@ -41,6 +41,7 @@ class FileSpec:
     header: bool = False
     quote: str = ""
     empty_reason: str | None = "empty line"  # None: the SQL reads empty lines as rows and judges them itself
+    python_dicts: bool = False  # JSON lines that may be Python dict literals (2014 Amazon metadata): rewritten
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,8 @@ def _amazon_json(raw: Path) -> list[FileSpec]:
     for path in files:
         role: Role = "items" if path.name.startswith("meta") else "interactions"
         sql = "stg_json_items" if role == "items" else "stg_json_interactions"
-        specs.append(FileSpec(role, path, sql, {"delimiter": "\x01"}, parse_rejects=True, empty_reason=None))
+        specs.append(FileSpec(role, path, sql, {"delimiter": "\x01"}, parse_rejects=True, empty_reason=None,
+                              python_dicts=role == "items"))
     if not files:
         raise SourceError(f"{raw}: no JSON-lines files ({', '.join(_JSON_SUFFIXES)})")
     return specs

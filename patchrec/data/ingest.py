@@ -113,14 +113,15 @@ def _stage(spec: FileSpec, cfg: DataConfig, cache: Path, sha: str, work: Path) -
     if spec.parse_rejects:
         try:
             scan = scan_lines(spec.path, header=spec.header, quote=spec.quote, encoding=spec.encoding,
-                              empty_reason=spec.empty_reason)
+                              empty_reason=spec.empty_reason, python_dicts=spec.python_dicts)
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise IngestError(f"cannot read {spec.path} as {cfg.format} ({spec.role}): {exc}") from exc
         if scan.data_lines == 0:
             raise SourceError(f"{spec.path}: no data lines{' after the header' if spec.header else ''}")
         latin1 = spec.encoding == "latin-1"
-        if scan.dropped or latin1:
-            source = without_lines(spec.path, scan.dropped, work / f"{sha}.cleaned", spec.encoding, to_utf8=latin1)
+        if scan.dropped or latin1 or scan.literal_lines:
+            source = without_lines(spec.path, scan.dropped, work / f"{sha}.cleaned", spec.encoding, to_utf8=latin1,
+                                   python_dicts=scan.literal_lines > 0, max_line_bytes=cfg.max_line_bytes)
     params = dict(spec.params, path=str(source), source_file=name)
     if source != spec.path and spec.encoding == "latin-1":
         params["encoding"] = "utf-8"  # the copy was re-encoded

@@ -8,13 +8,20 @@ quoted field) and a line with a bare carriage return inside it (the CSV reader e
 one line would become two). All become reject rows with their line number and a reason naming the
 defect; all but the empty ones are also removed from the copy the parser reads. A record must be one
 physical line.
+
+Python dict literals (the 2014 Amazon metadata: `{'asin': '...', 'related': {...}, 'categories': [[...]]}`)
+are counted by the scan and rewritten as JSON in the parser's copy with `ast.literal_eval` (never `eval`),
+line for line, so line numbers and counts stay those of the raw file; a line that does not evaluate to a
+dict of JSON values is copied unchanged and the JSON parser quarantines it.
 """
 
 from __future__ import annotations
 
+import ast
 import bisect
 import gzip
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +29,7 @@ from typing import IO
 
 from patchrec.io import atomic_path
 
-__all__ = ["LineScan", "original_line", "scan_lines", "without_lines"]
+__all__ = ["LineScan", "literal_to_json", "original_line", "scan_lines", "without_lines"]
 
 RAW_CHARS = 1000  # a reject row keeps at most this much of the raw line
 
@@ -34,6 +41,7 @@ class LineScan:
     data_lines: int = 0
     rejects: list[tuple[int, str, str]] = field(default_factory=list)  # (line number, reason, raw text)
     dropped: list[int] = field(default_factory=list)  # line numbers removed from the parser's copy, ascending
+    literal_lines: int = 0  # lines that look like a Python dict literal (`python_dicts`), to rewrite as JSON
 
 
 def _open(path: Path, encoding: str) -> IO[bytes] | IO[str]:
@@ -48,8 +56,31 @@ def _lines(path: Path, encoding: str) -> Iterator[tuple[int, bytes | str]]:
         yield from enumerate(fh, start=1)
 
 
+def _looks_literal(body: bytes | str) -> bool:
+    """A Python dict literal's opening (`{'`, `{u'`, `{u"`), never a JSON object's (`{"`)."""
+    head = body.lstrip()[:3]
+    if isinstance(head, str):
+        head = head.encode()
+    return head[:2] == b"{'" or head[:3] in (b"{u'", b'{u"')
+
+
+def literal_to_json(line: bytes, encoding: str = "utf-8") -> bytes | None:
+    """One Python dict literal line as one JSON line (same line ending), or None when it is not a dict of JSON
+    values (a syntax error, a set, bytes, NaN, nesting too deep for the parser)."""
+    body = line.rstrip(b"\r\n")
+    try:
+        value = ast.literal_eval(body.decode(encoding))
+        if not isinstance(value, dict):
+            return None
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError):
+        return None
+    return text.encode("utf-8") + line[len(body):]
+
+
 def scan_lines(
-    path: Path, *, header: bool, quote: str, encoding: str, empty_reason: str | None = "empty line"
+    path: Path, *, header: bool, quote: str, encoding: str, empty_reason: str | None = "empty line",
+    python_dicts: bool = False,
 ) -> LineScan:
     """Count the data lines of `path`; find empty lines, lines with a CR inside them, and lines with an odd
     number of `quote` characters.
@@ -60,6 +91,7 @@ def scan_lines(
         quote: the quote character ("" when the format has none: nothing is unterminated).
         encoding: the file's text encoding.
         empty_reason: the reason recorded for an empty line (None: the parser reads empty lines as rows).
+        python_dicts: count the lines that look like Python dict literals (`LineScan.literal_lines`).
     """
     scan = LineScan()
     text_mode = encoding.startswith("utf-16")
@@ -84,6 +116,8 @@ def scan_lines(
         elif quote and body.count(q) % 2 == 1:  # type: ignore[arg-type]
             scan.dropped.append(no)
             scan.rejects.append((no, f"unterminated {quote} quote (a record must be one line)", _text(body, encoding)))
+        elif python_dicts and _looks_literal(body):
+            scan.literal_lines += 1
     return scan
 
 
@@ -92,10 +126,12 @@ def _text(body: bytes | str, encoding: str) -> str:
     return text[:RAW_CHARS]
 
 
-def without_lines(path: Path, drop: list[int], target: Path, encoding: str, to_utf8: bool = False) -> Path:
+def without_lines(path: Path, drop: list[int], target: Path, encoding: str, to_utf8: bool = False,
+                  python_dicts: bool = False, max_line_bytes: int | None = None) -> Path:
     """Copy `path` (decompressed) to `target` without the given line numbers; atomically. With `to_utf8` the
     copy is re-encoded from `encoding` to UTF-8 (every latin-1 byte is a character; DuckDB's latin-1 reader
-    refuses a whole file for one byte in 0x80-0x9f)."""
+    refuses a whole file for one byte in 0x80-0x9f). With `python_dicts` every Python dict literal line (up to
+    `max_line_bytes`; longer ones are left for the parser to reject) is written as JSON (`literal_to_json`)."""
     skip = set(drop)
     text_mode = encoding.startswith("utf-16")
     with atomic_path(target) as tmp:
@@ -104,6 +140,9 @@ def without_lines(path: Path, drop: list[int], target: Path, encoding: str, to_u
                 if no not in skip:
                     if to_utf8 and isinstance(line, bytes):
                         line = line.decode(encoding).encode("utf-8")
+                    if (python_dicts and isinstance(line, bytes) and _looks_literal(line)
+                            and (max_line_bytes is None or len(line) <= max_line_bytes)):
+                        line = literal_to_json(line, "utf-8" if to_utf8 else encoding) or line
                     out.write(line)  # type: ignore[arg-type]
     return target
 
