@@ -23,12 +23,13 @@ SERVE_PORT ?= 5001
 
 QUALITY_PROFILE ?= ml-100k
 
-.PHONY: help venv demo test test-fast bench bench-gpu quality up down status run nightly mlflow-ui serve clean
+.PHONY: help venv demo test test-fast ui-check bench bench-gpu quality up down status run nightly mlflow-ui serve clean
 
 help:
 	@echo "make demo       # set up, then the full pipeline on MovieLens-100k + SmolLM2 (demo profile), registered in MLflow"
 	@echo "make test       # set up, then the linter and the whole test suite (what CI runs)"
 	@echo "make test-fast  # the unit tier only: no real Prefect server, serving or whole pipelines (~1 min)"
+	@echo "make ui-check   # a plain Prefect worker runs the deployment; headless Chromium reads its summary in the UI"
 	@echo "make bench      # run every benchmark; JSON goes to bench/results/"
 	@echo "make bench-gpu  # on a GPU machine: core benchmarks with SmolLM2- and Llama-1B-shaped models (~8 min)"
 	@echo "make quality    # LLM variants (equal training time) vs popularity/SASRec on the paper split (~90 min on 2 cores)"
@@ -81,6 +82,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+# Playwright (pip, extra `browser`) drives Debian's Chromium (`apt-get install chromium`); the screenshot of the
+# run summary in the Prefect UI goes to docs/img/.
+ui-check: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[browser]"
+	mkdir -p docs/img
+	PATCHREC_SCREENSHOT=$(CURDIR)/docs/img/prefect-run-summary.png $(PY) -m pytest -p no:cacheprovider \
+		tests/test_deployment.py -k "plain_prefect_worker or prefect_ui" -rs
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all

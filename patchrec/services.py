@@ -36,7 +36,7 @@ class Services:
         env = dict(os.environ)
         env.update({"PREFECT_HOME": str(self.state / "prefect"), "PREFECT_API_URL": self.api,
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                    "PATCHREC_HOME": str(PROJECT_ROOT), "PATCHREC_STATE": str(self.state),
+                    "PATCHREC_STATE": str(self.state),
                     "PATCHREC_MODEL_CACHE": env.get("PATCHREC_MODEL_CACHE", str(self.state / "models")),
                     "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false"})
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

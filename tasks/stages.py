@@ -10,12 +10,13 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from patchrec import stages
+from patchrec import stages, tracking
 from patchrec.contract import StageRecord
 from patchrec.profiles import PipelineConfig, load_pipeline
+from patchrec.run_summary import artifact_key, metrics_rows, pipeline_markdown, skipped_markdown
 
 __all__ = ["baseline_task", "catalog_task", "close_run_task", "evaluate_task", "nightly_plan_task", "open_run_task",
-           "record_data_task", "register_task", "resolve_config_task", "train_task"]
+           "publish_summary_task", "record_data_task", "register_task", "resolve_config_task", "train_task"]
 
 
 @task(name="resolve-config", cache_policy=NO_CACHE)
@@ -76,3 +77,21 @@ def register_task(cfg: PipelineConfig, data: StageRecord, cat: StageRecord, run:
 @task(name="nightly-plan", cache_policy=NO_CACHE)
 def nightly_plan_task(cfg: PipelineConfig, data: StageRecord) -> stages.NightlyPlan:
     return stages.nightly_plan(cfg, data)
+
+
+@task(name="publish-summary", cache_policy=NO_CACHE)
+def publish_summary_task(cfg: PipelineConfig, flow: str, result: dict[str, Any] | None, parent: str,
+                         skipped: str | None = None) -> None:
+    """The run's markdown summary and metrics table as Prefect artifacts (the flow run's Artifacts tab)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    key = artifact_key(flow, cfg.profile)
+    if result is None:
+        create_markdown_artifact(markdown=skipped_markdown(flow, cfg.profile, skipped or ""), key=f"{key}-summary",
+                                 description=f"patchrec {flow}: nothing trained")
+        return
+    experiment = tracking.experiment_id(cfg.state_dir, cfg.model_name)
+    create_markdown_artifact(markdown=pipeline_markdown(result, flow, parent, experiment), key=f"{key}-summary",
+                             description=f"patchrec {flow} ({cfg.profile}): data, stages, metrics, registry")
+    create_table_artifact(table=metrics_rows(result), key=f"{key}-metrics",
+                          description=f"test metrics of {flow} ({cfg.profile}) beside the baselines")

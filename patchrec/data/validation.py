@@ -13,7 +13,9 @@ import pandas as pd
 
 from patchrec.io import write_json
 
-__all__ = ["TableResult", "ValidationFailed", "validate_tables"]
+__all__ = ["DOCS_SITE", "TableResult", "ValidationFailed", "data_docs_index", "validate_tables"]
+
+DOCS_SITE = "patchrec"  # the Data Docs site of a generation: <generation>/validation/data_docs/index.html
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +98,14 @@ def _failure(res: Any) -> dict[str, Any]:
     }
 
 
+def data_docs_index(folder: Path) -> Path:
+    """The Great Expectations Data Docs (HTML) of a prepared generation: open it in a browser."""
+    return Path(folder) / "validation" / "data_docs" / "index.html"
+
+
 def validate_tables(folder: Path, max_future_days: float = 1.0, raise_on_failure: bool = True) -> list[TableResult]:
-    """Validate the canonical tables in `folder`; full results go to `folder/validation/<table>.json`.
+    """Validate the canonical tables in `folder`; full results go to `folder/validation/<table>.json` and the
+    Data Docs (HTML: every suite and its validation) to `data_docs_index(folder)`.
 
     Raises:
         ValidationFailed: with a summary of every failed expectation, when `raise_on_failure`.
@@ -113,6 +121,10 @@ def validate_tables(folder: Path, max_future_days: float = 1.0, raise_on_failure
     max_time = dt.datetime.now(dt.UTC) + dt.timedelta(days=max_future_days)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
+    context.add_data_docs_site(site_name=DOCS_SITE, site_config={
+        "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                          "base_directory": str((folder / "validation" / "data_docs").resolve())}})
     source = context.data_sources.add_pandas("patchrec")
     results: list[TableResult] = []
     for name, expectations in _suites(tables, max_time).items():
@@ -123,7 +135,10 @@ def validate_tables(folder: Path, max_future_days: float = 1.0, raise_on_failure
         vd = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"validate-{name}", data=batch, suite=suite)
         )
-        res = vd.run(batch_parameters={"dataframe": tables[name]}, result_format="SUMMARY")
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=f"check-{name}", validation_definitions=[vd], result_format="SUMMARY",
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data-docs", site_names=[DOCS_SITE])]))
+        (res,) = checkpoint.run(batch_parameters={"dataframe": tables[name]}).run_results.values()
         write_json(res.to_json_dict(), folder / "validation" / f"{name}.json")
         failures = [_failure(r) for r in res.results if not r.success]
         results.append(TableResult(name, bool(res.success), len(res.results), failures))

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from patchrec.data.validation import ValidationFailed, validate_tables
+from patchrec.data.validation import ValidationFailed, data_docs_index, validate_tables
 
 
 def test_good_tables_pass_and_results_are_saved(ml100k_dir, prepare, tmp_path):
@@ -15,6 +15,11 @@ def test_good_tables_pass_and_results_are_saved(ml100k_dir, prepare, tmp_path):
     assert s["validation"] == {"interactions": True, "items": True, "users": True, "samples": True}
     saved = json.loads((tmp_path / "out" / "validation" / "items.json").read_text())
     assert saved["success"] is True and len(saved["results"]) >= 5
+    index = data_docs_index(tmp_path / "out")
+    html = index.read_text()
+    for table in ("interactions", "items", "users", "samples"):  # every suite and its validation is a page
+        assert f"patchrec-{table}" in html
+        assert list((index.parent / "validations" / f"patchrec-{table}").rglob("*.html"))
 
 
 def test_broken_tables_fail_with_summary(ml100k_dir, prepare, tmp_path):
@@ -32,3 +37,6 @@ def test_broken_tables_fail_with_summary(ml100k_dir, prepare, tmp_path):
     assert "7" in msg  # the unknown item_idx is shown as an example
     summary = json.loads((out / "validation" / "summary.json").read_text())
     assert {r["table"]: r["success"] for r in summary}["items"] is False
+    pages = sorted((data_docs_index(out).parent / "validations" / "patchrec-items").rglob("*.html"))
+    page = pages[-1].read_text()  # the newest validation of items: failed, showing the empty title
+    assert "Failed" in page and "characters long" in page and "1 unexpected values found" in page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,8 @@ def _client(state):
 
 def test_first_run_trains_everything_and_registers_a_champion(tiny_state):
     state, res = tiny_state
-    assert res["reused"] == {"catalog": False, "ppt": False, "pft": False, "eval-val": False, "eval-test": False}
+    assert res["reused"] == {"prepare-data": False, "baseline-popularity": False, "baseline-sasrec": False,
+                             "catalog": False, "ppt": False, "pft": False, "eval-val": False, "eval-test": False}
     reg = res["registry"]
     assert reg["registered"] and reg["version"] == 1 and reg["promoted"] and reg["reason"].startswith("first version")
     client = _client(state)
@@ -97,6 +99,32 @@ def test_guarded_promotion_and_rollback(tiny_state):
         registry.rollback("patchrec-tiny")
 
 
+def test_the_registered_model_is_code_not_a_pickle_and_loads_in_a_fresh_process(tiny_state):
+    """Logged as a model from code (MLflow 3): the model holds the code file, no pickled object; a new Python
+    process that only knows the registry URI loads the champion and scores a history."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    state, _ = tiny_state
+    _client(state)
+    local = Path(mlflow.artifacts.download_artifacts("models:/patchrec-tiny@champion"))
+    files = {p.name for p in local.rglob("*") if p.is_file()}
+    assert "mlflow_model.py" in files and not any(n.endswith((".pkl", ".cloudpickle")) for n in files), files
+    assert "loader_module: mlflow.pyfunc.loaders.code_model" in (local / "MLmodel").read_text()
+    code = ("import json, sys, mlflow.pyfunc, pandas as pd; mlflow.set_tracking_uri(sys.argv[1]); "
+            "mlflow.set_registry_uri(sys.argv[1]); m = mlflow.pyfunc.load_model('models:/patchrec-tiny@champion'); "
+            "out = m.predict(pd.DataFrame({'history': [['m01', 'm02']]}), params={'top_k': 3}); "
+            "print(json.dumps({'keys': list(out.item_keys[0]), 'scores': [float(x) for x in out.scores[0]]}))")
+    run = subprocess.run([sys.executable, "-c", code, mlflow.get_tracking_uri()], capture_output=True, text=True,
+                         timeout=600, cwd=state)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(got["keys"]) == 3 and got["scores"] == sorted(got["scores"], reverse=True)
+    assert "pickle" not in run.stderr.lower()
+
+
 def test_pyfunc_model_recommends_and_rejects_bad_input(tiny_state):
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
@@ -147,7 +175,8 @@ def test_scoring_head_through_the_whole_lifecycle(prefect_server, tmp_path):
     from patchrec.contract import read_manifest
 
     res = full_pipeline("tiny-scoring", state_dir=str(tmp_path))
-    assert res["reused"] == {"catalog": False, "pft": False, "eval-val": False, "eval-test": False}
+    assert res["reused"] == {"prepare-data": False, "baseline-popularity": False, "catalog": False, "pft": False,
+                             "eval-val": False, "eval-test": False}
     assert read_manifest(res["run_dir"], "pft").config["train"]["head"] == "scoring"
     assert res["registry"]["registered"] and res["registry"]["version"] == 1
     assert "popularity_test_hr_10" in res["metrics"] and 0 <= res["metrics"]["test_hr_10"] <= 1
@@ -194,3 +223,31 @@ def test_training_and_evaluation_through_torchrun_from_the_flow(prefect_server, 
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
         assert two["metrics"] == pytest.approx(one["metrics"], abs=1e-6)
+
+
+def test_a_pipeline_run_publishes_its_summary_and_metrics_as_prefect_artifacts(tiny_state):
+    """The flow run's Artifacts: a markdown summary (data counts, stages, metrics beside the baselines, the
+    registry decision, MLflow links) and a table of the metrics, readable through the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    state, res = tiny_state
+    with get_client(sync_client=True) as client:
+        def of_key(key):
+            return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+        # other tests of this session ran the tiny profile too: this run's summary names its MLflow run
+        (md,) = [a for a in of_key("patchrec-full-pipeline-tiny-summary") if f"/runs/{res['mlflow_run']}" in a.data]
+        (table,) = [a for a in of_key("patchrec-full-pipeline-tiny-metrics") if a.flow_run_id == md.flow_run_id]
+    text = md.data
+    prep = json.loads((Path(res["data_dir"]) / "prepare.json").read_text())
+    assert f"| {prep['rows_read']:,} | {prep['rows_accepted']:,} | {prep['rows_quarantined']:,} |" in text
+    for stage in res["reused"]:
+        assert f"| {stage} | ran |" in text
+    assert f"{res['metrics']['test_hr_20']:.4f}" in text and "sasrec" in text and "popularity" in text
+    assert f"`patchrec-tiny` version {res['registry']['version']} — promoted to `champion`" in text
+    assert f"/runs/{res['mlflow_run']}" in text and "/#/models/patchrec-tiny/versions/1" in text
+    assert "Data Docs" in text
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [r["model"] for r in rows] == ["patchrec-tiny (this run)", "popularity", "sasrec"]
+    assert rows[0]["hr_20"] == round(res["metrics"]["test_hr_20"], 4)
