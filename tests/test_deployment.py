@@ -85,9 +85,14 @@ def plain_run(tmp_path_factory):
             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=960)
         yield svc, tmp, run
     finally:
-        if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=60)
+        if worker is not None:  # SIGTERM to the worker's group, SIGKILL if it outlives 30 s
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(worker.pid, sig)
+                    worker.wait(timeout=30)
+                    break
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    continue
         svc.down()
 
 
