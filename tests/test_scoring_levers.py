@@ -48,6 +48,18 @@ def test_the_title_skip_scores_each_item_by_its_cosine_to_the_newest_history_ite
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def _scored(model):
+    """A history [4, 9, 2] scored by `model`: (row, scores, last hidden state, unit item vectors v, unit title
+    patches t), both mean-centred."""
+    row = assemble_rows([(np.array([4, 9, 2]), 0)], model.item_vectors(), model.start(), 2)
+    got = model.last_scores(row)[0]
+    h = model.hidden(row)[0, -1].float()
+    centre = model.patches.float().mean(0)
+    v = nn.functional.normalize(model.item_vectors().float() - centre, dim=-1)
+    t = nn.functional.normalize(model.patches.float() - centre, dim=-1)
+    return row, got, h, v, t
+
+
 def test_a_title_space_skip_compares_fixed_title_patches_whatever_the_correction(data):
     """title_skip: title -> (cos(h, v_i) + w * cos(t_prev, t_i)) / temperature, t = mean-centred unit title patches:
     a trained correction moves the LM term, never the title prior (the sampled-candidate path agrees)."""
@@ -56,12 +68,7 @@ def test_a_title_space_skip_compares_fixed_title_patches_whatever_the_correction
     with torch.no_grad():
         model.title_skip.fill_(0.5)
         model.item_delta.normal_(0, 1.0)  # a large correction, as after many epochs
-        row = assemble_rows([(np.array([4, 9, 2]), 0)], model.item_vectors(), model.start(), 2)
-        got = model.last_scores(row)[0]
-        h = model.hidden(row)[0, -1].float()
-        centre = model.patches.float().mean(0)
-        v = nn.functional.normalize(model.item_vectors().float() - centre, dim=-1)
-        t = nn.functional.normalize(model.patches.float() - centre, dim=-1)
+        row, got, h, v, t = _scored(model)
         want = (v @ (h / h.norm()) + 0.5 * (t @ t[2])) / 0.1
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         some = torch.tensor([7, 2, 0])
@@ -79,12 +86,7 @@ def test_both_skips_add_one_weighted_cosine_each_and_start_as_either_alone(data)
         model.title_skip.fill_(0.3)
         model.title_patch_skip.fill_(0.8)
         model.item_delta.normal_(0, 1.0)
-        row = assemble_rows([(np.array([4, 9, 2]), 0)], model.item_vectors(), model.start(), 2)
-        got = model.last_scores(row)[0]
-        h = model.hidden(row)[0, -1].float()
-        centre = model.patches.float().mean(0)
-        v = nn.functional.normalize(model.item_vectors().float() - centre, dim=-1)
-        t = nn.functional.normalize(model.patches.float() - centre, dim=-1)
+        row, got, h, v, t = _scored(model)
         want = (v @ (h / h.norm()) + 0.3 * (v @ v[2]) + 0.8 * (t @ t[2])) / 0.1
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         some = torch.tensor([7, 2, 0])
