@@ -15,7 +15,15 @@ from patchrec.config import EvalConfig, ModelConfig, TrainConfig
 from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.split import evaluate_split
 from patchrec.heads.scoring import ScoringObjective
-from patchrec.heads.scoring.model import Layout, assemble_rows, history_row, plan_windows, scoring_model, window_rows
+from patchrec.heads.scoring.model import (
+    Layout,
+    assemble_rows,
+    catalog_loss,
+    history_row,
+    plan_windows,
+    scoring_model,
+    window_rows,
+)
 from patchrec.runtime import Base, RunSpec, Runtime, read_items
 from patchrec.training import fit, train_run
 from tests.conftest import N_WALK_ITEMS as N_ITEMS
@@ -62,9 +70,11 @@ def test_a_window_position_sees_nothing_of_its_future(data, layout, text):
     assert len(picks) == 3  # windows with sessions exist in the session layout
     with torch.no_grad():
         rows = window_rows(store, windows, picks, is_target, model.item_vectors(), model.start(), lay)
-        full = model.logits(model.hidden(rows)[rows.loss_b, rows.loss_s], rows.prev)
+        if layout == "item":  # the first windows differ in length and share packed rows: no leak across them
+            assert rows.inputs_embeds.shape[0] < len(picks)
+        full = model.logits(model.states(rows, rows.loss_at), rows.prev)
         checked = 0
-        for i, (b, s, target) in enumerate(zip(rows.loss_b.tolist(), rows.loss_s.tolist(), rows.targets.tolist(),
+        for i, (b, s, target) in enumerate(zip(rows.loss_w.tolist(), rows.loss_s.tolist(), rows.targets.tolist(),
                                                 strict=True)):
             w = picks[b]
             off = int(store.offsets[windows.row[w]])
@@ -77,6 +87,50 @@ def test_a_window_position_sees_nothing_of_its_future(data, layout, text):
             torch.testing.assert_close(full[i], alone[0], rtol=1e-4, atol=1e-4)
             checked += 1
     assert checked >= 10
+
+
+def test_packed_windows_train_exactly_as_padded_ones(data):
+    """Packing windows several to a row changes neither a loss nor a gradient, and leaves fewer rows."""
+    spec = _spec(**TEXT)
+    _, _, model = _model(data, spec)
+    store = SequenceStore(data)
+    lay = Layout.of(spec.train)
+    windows, is_target = plan_windows(store, lay)
+    picks = np.arange(len(windows))
+    got = {}
+    for pack in (False, True):
+        model.zero_grad(set_to_none=True)
+        rows = window_rows(store, windows, picks, is_target, model.item_vectors(), model.start(), lay, pack)
+        loss = catalog_loss(model, rows, reduction="none")
+        loss.sum().backward()
+        got[pack] = (rows.inputs_embeds.shape, loss.detach(),
+                     {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (padded_shape, padded, padded_grads), (packed_shape, packed, packed_grads) = got[False], got[True]
+    assert packed_shape[0] < padded_shape[0] and packed_shape[0] * packed_shape[1] < padded_shape[0] * padded_shape[1]
+    torch.testing.assert_close(packed, padded, rtol=1e-4, atol=1e-5)
+    assert packed_grads.keys() == padded_grads.keys() and len(packed_grads) > 2
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_the_start_token_is_its_trainable_row_without_merging_the_vocabulary(data):
+    """`start()` is the embedding of the start token (its trainable PEFT row under LoRA), and a loss through it
+    trains that row alone: the vocabulary table is not copied or given a gradient."""
+    spec = _spec()
+    _, _, model = _model(data, spec)
+    emb = model.lm.get_input_embeddings()
+    ids = torch.tensor([model.start_id])
+    torch.testing.assert_close(model.start(), emb(ids)[0])
+    adapter = emb.token_adapter
+    with torch.no_grad():  # a trained row differs from the base table's
+        adapter.trainable_tokens_delta["default"].add_(1.0)
+    torch.testing.assert_close(model.start(), emb(ids)[0])
+    assert not torch.equal(model.start(), adapter.base_layer.weight[model.start_id])
+    model.start().sum().backward()
+    delta = adapter.trainable_tokens_delta["default"].grad
+    row = adapter.token_indices["default"].index(model.start_id)
+    assert delta[row].abs().sum() > 0 and delta.abs().sum() == delta[row].abs().sum()
+    assert adapter.base_layer.weight.grad is None
 
 
 def test_batched_ranking_equals_brute_force(data):
@@ -175,8 +229,6 @@ def test_warm_start_from_a_champion_or_a_ppt_run(data, tmp_path):
 
 
 def test_sampled_softmax_covering_the_catalog_equals_the_full_softmax(data):
-    from patchrec.heads.scoring.model import catalog_loss
-
     spec = _spec()
     _, _, model = _model(data, spec)
     store = SequenceStore(data)

@@ -116,7 +116,7 @@ def test_same_title_items_are_not_negatives(data):
         assert keep.any()
         masked = catalog_loss(model, rows, reduction="none", mask_same_title=True)
         plain = catalog_loss(model, rows, reduction="none")
-        logits = model.logits(model.hidden(rows)[rows.loss_b, rows.loss_s], rows.prev)
+        logits = model.logits(model.states(rows, rows.loss_at), rows.prev)
         logits[keep, cold] = float("-inf")  # by hand: the twin's target rows lose the cold item as a competitor
         want = torch.nn.functional.cross_entropy(logits, rows.targets, reduction="none")
     torch.testing.assert_close(masked, want)

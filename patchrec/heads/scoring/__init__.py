@@ -65,7 +65,7 @@ class ScoringObjective:
 
     def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> Terms:
         rows = window_rows(self.store, self.windows, micro, self.is_target, model.item_vectors(), model.start(),
-                           self.layout)
+                           self.layout, self.cfg.pack)
         n = len(rows.targets)
         loss = catalog_loss(model, rows, self.cfg.negatives, generator, "sum", self.cfg.mask_same_title)
         return Terms(loss, n, n, rows.compressed)
@@ -96,7 +96,7 @@ class ScoringRanker:
     def __init__(self, runtime: Runtime, bf16: bool | Literal["auto"] = "auto", mask_history: bool = False,
                  batch_size: int = 64):
         self.runtime, self.bf16, self.mask_history, self.batch_size = runtime, bf16, mask_history, batch_size
-        self.layout = Layout.of(runtime.spec.train)
+        self.layout, self.pack = Layout.of(runtime.spec.train), runtime.spec.train.pack
 
     def rank(self, hist: np.ndarray, top_k: int) -> Ranking:
         return self.rank_many([hist], top_k)[0]
@@ -108,7 +108,7 @@ class ScoringRanker:
         rows = [history_row(h, self.layout) for h in hists]
         bf16 = use_bf16(self.bf16) or model.bf16_weights
         with torch.autocast(device().type, dtype=torch.bfloat16, enabled=bf16):
-            batch = assemble_rows(rows, model.item_vectors(), model.start(), self.layout.group)
+            batch = assemble_rows(rows, model.item_vectors(), model.start(), self.layout.group, self.pack)
             scores = model.last_scores(batch)
         if self.mask_history:
             for b, h in enumerate(hists):

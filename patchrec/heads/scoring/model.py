@@ -9,6 +9,8 @@ so no patch holds an item at or after a target it serves, and a target sees betw
 `context + stride - 1` item patches (all earlier items near the start of a sequence) plus the sessions.
 The per-sample evaluation history is laid out the same way: its newest `context + stride - 1` items as
 item patches and older ones as up to `sessions` sessions, one forward pass per batch of users.
+Windows (and ranking histories) of different lengths are packed several to a row, each with position ids that
+start again at 0, so attention stays inside a window and the batch carries little padding.
 
 Scores. Item vector = the item's title patch (mean of its title token embeddings), plus an optional
 learned per-item correction that starts at zero (decayed toward zero with `item_decay`), so an item never seen
@@ -37,7 +39,8 @@ from patchrec.model import attach_trainable
 from patchrec.patching import CatalogTable, item_patches, pool_units
 
 __all__ = ["ITEM_TABLE", "Layout", "Rows", "ScoringModel", "Windows", "assemble_rows", "catalog_loss", "history_row",
-           "plan_windows", "scoring_model", "title_groups", "truncate_layers", "window_rows"]
+           "pack_rows", "packed_layout", "plan_windows", "scoring_model", "title_groups", "truncate_layers",
+           "window_rows"]
 
 ITEM_TABLE = "item_delta"  # the parameter name of the learned per-item correction
 
@@ -118,16 +121,54 @@ def plan_windows(store: SequenceStore, layout: Layout, split: str = "train") -> 
 
 @dataclass
 class Rows:
-    """A batch of assembled rows (right padding)."""
+    """A batch of assembled rows: one per window or history (right padding), or several windows packed into one
+    row, each starting again at position 0 (block-diagonal causal attention, no padding in between)."""
 
     inputs_embeds: Tensor  # (B, S, D)
-    attention_mask: Tensor  # (B, S)
-    lengths: Tensor  # (B,)
-    loss_b: Tensor | None = None  # (n,) row of each loss position
-    loss_s: Tensor | None = None  # (n,) position
+    attention_mask: Tensor | None  # (B, S); None when packed (the position ids mark where each window starts)
+    lengths: Tensor  # (W,) positions of each window / history
+    starts: Tensor  # (W,) flat index (into B * S) of each window's position 0
+    position_ids: Tensor | None = None  # (B, S) when packed
+    loss_w: Tensor | None = None  # (n,) window of each loss position
+    loss_s: Tensor | None = None  # (n,) its position inside the window
     targets: Tensor | None = None  # (n,) target item index
-    prev: Tensor | None = None  # (n,) or (B,) newest item before each loss position / row end (-1: none)
+    prev: Tensor | None = None  # (n,) or (W,) newest item before each loss position / window end (-1: none)
     compressed: float = 0.0  # share of input items inside session patches
+
+    @property
+    def loss_at(self) -> Tensor:
+        """(n,) flat index (into B * S) of every loss position."""
+        return self.starts[self.loss_w] + self.loss_s
+
+    @property
+    def last_at(self) -> Tensor:
+        """(W,) flat index of every window's last position."""
+        return self.starts + self.lengths - 1
+
+
+PACK_SPANS = (1.0, 1.5, 2.0)  # packed rows tried: up to this many times the batch's longest window
+
+
+def pack_rows(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """First-fit decreasing: the (row, offset) of every window of `lengths` positions in rows of `capacity`."""
+    row, offset = np.zeros(len(lengths), dtype=np.int64), np.zeros(len(lengths), dtype=np.int64)
+    used: list[int] = []
+    for w in np.argsort(-lengths, kind="stable"):
+        n = int(lengths[w])
+        r = next((r for r, u in enumerate(used) if u + n <= capacity), len(used))
+        if r == len(used):
+            used.append(0)
+        row[w], offset[w] = r, used[r]
+        used[r] += n
+    return row, offset
+
+
+def packed_layout(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (row, offset) of every window in the packing with the fewest positions (rows x the fullest row) among
+    rows of `PACK_SPANS` x the longest window; never more than padding each window to the longest."""
+    longest = int(lengths.max())
+    layouts = [pack_rows(lengths, int(span * longest)) for span in PACK_SPANS]
+    return min(layouts, key=lambda ro: (int(ro[0].max()) + 1) * int((ro[1] + lengths).max()))
 
 
 def history_row(hist: np.ndarray, layout: Layout) -> tuple[np.ndarray, int]:
@@ -138,37 +179,55 @@ def history_row(hist: np.ndarray, layout: Layout) -> tuple[np.ndarray, int]:
     return hist[len(hist) - recent - n_sessions * layout.group:], n_sessions
 
 
-def assemble_rows(rows: list[tuple[np.ndarray, int]], vectors: Tensor, start: Tensor, group: int) -> Rows:
+def assemble_rows(rows: list[tuple[np.ndarray, int]], vectors: Tensor, start: Tensor, group: int,
+                  pack: bool = False) -> Rows:
     """Rows of (items oldest first, number of leading sessions) -> input embeddings, one index_add for all.
 
     Position 0 of each row is `start`; then one position per session (mean of its `group` item vectors),
-    then one per item. Item vectors come from `vectors` (N, D), so gradients reach them.
+    then one per item. Item vectors come from `vectors` (N, D), so gradients reach them. `pack`: windows share
+    rows (`packed_layout`), with position ids that restart at each window: the LM attends within a window only
+    (transformers' packed-sequence masks), and no position is padding in between.
     """
     dev = vectors.device
     n_pos = np.array([1 + s + len(items) - s * group for items, s in rows], dtype=np.int64)
-    B, S, D = len(rows), int(n_pos.max()), vectors.shape[1]
+    D = vectors.shape[1]
+    if pack:
+        row, offset = packed_layout(n_pos)
+    else:
+        row, offset = np.arange(len(rows)), np.zeros(len(rows), dtype=np.int64)
+    B, S = int(row.max()) + 1, int((offset + n_pos).max())
+    starts = row * S + offset
     pos, flat_items = [], []
-    for b, (items, s) in enumerate(rows):
+    for w, (items, s) in enumerate(rows):
         k = np.arange(len(items))
         unit = np.where(k < s * group, k // group, s + k - s * group)
-        pos.append(b * S + 1 + unit)
+        pos.append(starts[w] + 1 + unit)
         flat_items.append(items)
     pos_t = torch.from_numpy(np.concatenate(pos)).to(dev)
     items_t = torch.from_numpy(np.concatenate(flat_items).astype(np.int64)).to(dev)
-    embeds = pool_units(vectors, items_t, pos_t, B * S).view(B, S, D)
-    first = torch.zeros(B, S, 1, dtype=vectors.dtype, device=dev)
-    first[:, 0] = 1
-    embeds = embeds * (1 - first) + start.to(vectors.dtype) * first
+    embeds = pool_units(vectors, items_t, pos_t, B * S)
+    is_start = torch.zeros(B * S, 1, dtype=torch.bool, device=dev)
+    is_start[torch.from_numpy(starts).to(dev)] = True
+    embeds = torch.where(is_start, start.to(vectors.dtype), embeds).view(B, S, D)
     lengths = torch.from_numpy(n_pos).to(dev)
-    mask = (torch.arange(S, device=dev)[None, :] < lengths[:, None]).long()
+    mask, position_ids = None, None
+    if pack:
+        ids = np.tile(np.arange(S, dtype=np.int64), (B, 1))  # the tail of a row continues its last window
+        for w in range(len(rows)):
+            ids[row[w], offset[w] : offset[w] + n_pos[w]] = np.arange(n_pos[w])
+        position_ids = torch.from_numpy(ids).to(dev)
+    else:
+        mask = (torch.arange(S, device=dev)[None, :] < lengths[:, None]).long()
     compressed = sum(s * group for _, s in rows) / max(1, sum(len(i) for i, _ in rows))
     prev = torch.tensor([int(items[-1]) if len(items) else -1 for items, _ in rows], dtype=torch.long, device=dev)
-    return Rows(embeds, mask, lengths, prev=prev, compressed=compressed)
+    return Rows(embeds, mask, lengths, torch.from_numpy(starts).to(dev), position_ids, prev=prev,
+                compressed=compressed)
 
 
 def window_rows(store: SequenceStore, windows: Windows, picks: np.ndarray, is_target: np.ndarray, vectors: Tensor,
-                start: Tensor, layout: Layout) -> Rows:
-    """Assemble the windows `picks` with a loss position at every item patch whose next item is a target."""
+                start: Tensor, layout: Layout, pack: bool = True) -> Rows:
+    """Assemble the windows `picks` with a loss position at every item patch whose next item is a target
+    (`pack`: several windows to a row, see `assemble_rows`)."""
     rows, lb, ls, tg, pv = [], [], [], [], []
     for b, w in enumerate(picks):
         off = int(store.offsets[windows.row[w]])
@@ -182,9 +241,9 @@ def window_rows(store: SequenceStore, windows: Windows, picks: np.ndarray, is_ta
         ls.append(1 + n_sessions + (nxt - 1 - item_lo))
         tg.append(store.flat[off + nxt].astype(np.int64))
         pv.append(store.flat[off + nxt - 1].astype(np.int64))
-    out = assemble_rows(rows, vectors, start, layout.group)
+    out = assemble_rows(rows, vectors, start, layout.group, pack)
     dev = vectors.device
-    out.loss_b = torch.from_numpy(np.concatenate(lb)).to(dev)
+    out.loss_w = torch.from_numpy(np.concatenate(lb)).to(dev)
     out.loss_s = torch.from_numpy(np.concatenate(ls)).to(dev)
     out.targets = torch.from_numpy(np.concatenate(tg)).to(dev)
     out.prev = torch.from_numpy(np.concatenate(pv)).to(dev)
@@ -261,18 +320,33 @@ class ScoringModel(nn.Module):
         return scores / self.temperature
 
     def start(self) -> Tensor:
+        """(D,): the embedding of the token that opens every row. Under LoRA it is a trainable row of PEFT's
+        token adapter, read directly: calling the wrapped embedding would merge (copy) the whole vocabulary table
+        at every step, and its backward would zero and fill a gradient of that size."""
         emb = self.lm.get_input_embeddings()
-        return emb(torch.tensor([self.start_id], device=self.patches.device))[0]
+        adapter = getattr(emb, "token_adapter", None)
+        if adapter is None:
+            return emb.weight[self.start_id]
+        if not adapter.merged and not adapter.disable_adapters:
+            for name in reversed(adapter.active_adapters):  # as PEFT merges them: the last one's row wins
+                if self.start_id in (idx := adapter.token_indices[name]):
+                    return adapter.trainable_tokens_delta[name][idx.index(self.start_id)]
+        return adapter.base_layer.weight[self.start_id]
 
     def hidden(self, rows: Rows) -> Tensor:
         """(B, S, D) last hidden states (after the final norm)."""
         lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
-        return lm.model(inputs_embeds=rows.inputs_embeds, attention_mask=rows.attention_mask).last_hidden_state
+        # no KV cache: with one, transformers would not read packed windows from the position ids
+        return lm.model(inputs_embeds=rows.inputs_embeds, attention_mask=rows.attention_mask,
+                        position_ids=rows.position_ids, use_cache=False).last_hidden_state
+
+    def states(self, rows: Rows, at: Tensor) -> Tensor:
+        """(n, D) last hidden states at the flat positions `at` (`Rows.loss_at`, `Rows.last_at`)."""
+        return self.hidden(rows).flatten(0, 1)[at]
 
     def last_scores(self, rows: Rows) -> Tensor:
-        """(B, N) fp32 catalog scores after each row's last position."""
-        h = self.hidden(rows)
-        return self.logits(h[torch.arange(h.shape[0], device=h.device), rows.lengths - 1], rows.prev)
+        """(W, N) fp32 catalog scores after each window's / history's last position."""
+        return self.logits(self.states(rows, rows.last_at), rows.prev)
 
 
 def catalog_loss(model: ScoringModel, rows: Rows, negatives: int | None = None,
@@ -282,7 +356,7 @@ def catalog_loss(model: ScoringModel, rows: Rows, negatives: int | None = None,
     (with `negatives`) over the batch's targets plus that many uniform negatives (targets already among the
     candidates are not negatives). `mask_same_title`: the target's same-title items are not negatives.
     """
-    h = model.hidden(rows)[rows.loss_b, rows.loss_s]  # (n, D)
+    h = model.states(rows, rows.loss_at)  # (n, D)
     n_items = model.patches.shape[0]
     if negatives is None:
         cands, labels = None, rows.targets
