@@ -6,9 +6,11 @@
 - prompt assembly time as a share of a training step;
 - ranking users/s at 20 beams: ours (one prefill per user, shared KV cache, tensorized trie; a batch of users
   decoded together, and one user at a time) vs plain `generate` with a Python `prefix_allowed_tokens_fn` trie walk;
-- achieved training and batched-ranking FLOP/s vs the matmul peak measured in the same run.
+- achieved training and batched-ranking FLOP/s vs the matmul peak measured in the same run;
+- the catalog scoring head's training: padded vs packed vs packed + compiled steps, FLOP/s vs the bf16 peak, and
+  tokens per trained target of each layout (`bench.scoring`).
 
-    python -m bench.core [--train-steps 2] [--rank-users 32] [--rank-batch 32] [--base smollm2]
+    python -m bench.core [--train-steps 2] [--rank-users 32] [--rank-batch 32] [--base smollm2] [--only scoring]
 """
 
 from __future__ import annotations
@@ -293,6 +295,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--paper", type=Path, default=PAPER, help="the paper's processed data (ml-1m, ml-100k)")
     p.add_argument("--work", type=Path, default=REPO / ".state" / "bench")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "core.json")
+    p.add_argument("--only", choices=["scoring"], help="run only this section (write it with --out elsewhere)")
+    p.add_argument("--scoring-rounds", type=int, default=4, help="interleaved rounds of the scoring-head variants")
+    p.add_argument("--scoring-steps", type=int, default=3, help="training steps of each variant in a round")
     args = p.parse_args(argv)
     from patchrec.config import ModelConfig
     from patchrec.data.sequences import SequenceStore
@@ -305,6 +310,17 @@ def main(argv: list[str] | None = None) -> dict:
         return Base(read_items(data / "items.parquet").title.astype(str).tolist(), mcfg, PromptConfig())
 
     report: dict = {**header("core", argv), "base": args.base}
+    from bench import scoring
+
+    def bf16_peak() -> float:
+        gpu = torch.cuda.is_available()
+        return matmul_peak(torch.bfloat16, n=8192 if gpu else 2048, reps=20 if gpu else 3)
+
+    report["scoring_training"] = scoring.run(args.work, args.paper, args.base, mcfg.cache_dir, args.scoring_rounds,
+                                             args.scoring_steps, bf16_peak)
+    if args.only == "scoring":
+        write_report(report, args.out)
+        return report
     report["tokens_per_prompt"] = tokens_per_prompt(setup_for, args.work, args.paper)
     data = args.work / "ml-100k"
     store = SequenceStore(data, max_history=100)

@@ -64,14 +64,15 @@ TEXT_LEVERS = {"score": "cosine", "title_skip": True, "cold_keep_title": True, "
 
 
 def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 8,
-             mid_lm: int = 12) -> dict[str, dict[str, Any]]:
+             mid_lm: int = 12, compile_lm: bool = False) -> dict[str, dict[str, Any]]:
     """name -> {"ppt": TrainConfig | None, "pft": TrainConfig}; each variant trains for `seconds` in all.
     `keep_best`: scoring-head variants keep the weights of their best validation probe. `short_lm`, `mid_lm`: the
-    layers the "8 layers" and "12 layers" variants keep (fewer only for a test model that has fewer)."""
+    layers the "8 layers" and "12 layers" variants keep (fewer only for a test model that has fewer).
+    `compile_lm`: scoring-head steps run a torch.compile'd LM body (the compile counts against the budget)."""
     half = seconds / 2
     gen = dict(max_seconds=seconds, lr=lr, curve_every_s=seconds / 2, curve_samples=32)
     scoring = SCORING_RECIPE | dict(max_seconds=seconds, curve_every_s=seconds / 6, curve_samples=256,
-                                    keep_best=keep_best, checkpoint_every=100)
+                                    keep_best=keep_best, checkpoint_every=100, compile_lm=compile_lm)
     # PPT also trains on each sample's all-text copy: micro-batches of 4 (x2 accumulation) keep the peak memory
     # of 100-item text prompts under ~12 GB on a CPU (batches of 8 were OOM-killed at 24 GB).
     ppt = TrainConfig(stage="ppt", layout="mixed", max_history=100, lr=lr, batch_size=4, grad_accum=2,
@@ -216,7 +217,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
     reused: dict[Path, bool] = {}  # stage folder -> finished before this invocation
     tiny = base == "tiny"
     chosen = variants(seconds, lr, keep_best, min(8, mcfg.tiny_layers) if tiny else 8,
-                      min(12, mcfg.tiny_layers) if tiny else 12)
+                      min(12, mcfg.tiny_layers) if tiny else 12, compile_lm=not tiny)
     unknown = set(only or []) - set(chosen)
     if unknown:
         raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {list(chosen)}")

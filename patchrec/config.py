@@ -197,6 +197,8 @@ class TrainConfig(_Frozen):
                                   "would otherwise move every never-target item down at full speed)")
     mask_same_title: bool = Field(False, description="scoring head: other items with the target's title are not "
                                   "training negatives")
+    compile_lm: bool = Field(False, description="scoring head: torch.compile the LM body for training steps (fused "
+                             "kernels; the one-off compile, minutes on a CPU, counts against the time budget)")
     pack: bool = Field(True, description="scoring head: pack windows and ranking histories several to a row "
                        "(block-diagonal attention) instead of padding each to the longest")
     layers: int | None = Field(None, ge=1, description="scoring head: keep only the LM's first this many transformer "

@@ -113,6 +113,34 @@ def test_packed_windows_train_exactly_as_padded_ones(data):
         torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_a_compiled_training_step_equals_the_eager_one(data):
+    """`compile_lm`: training steps run a torch.compile'd body with the same loss and gradients (two packed
+    batches of different shapes: dynamic shapes); ranking (eval mode) keeps the plain body; the compiled twin is
+    not part of the state dict."""
+    spec = _spec(**TEXT)
+    _, _, model = _model(data, spec)
+    store = SequenceStore(data)
+    lay = Layout.of(spec.train)
+    windows, is_target = plan_windows(store, lay)
+    keys = set(model.state_dict())
+    for picks in (np.arange(0, 9), np.arange(9, 14)):
+        got = []
+        for compiled in (False, True):
+            model.compile_lm = compiled
+            model.zero_grad(set_to_none=True)
+            rows = window_rows(store, windows, picks, is_target, model.item_vectors(), model.start(), lay)
+            loss = catalog_loss(model.train(), rows)
+            loss.backward()
+            got.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        (eager, eager_grads), (fast, fast_grads) = got
+        torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-5)
+        for name, grad in eager_grads.items():
+            torch.testing.assert_close(fast_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+    lm = model.lm.get_base_model()
+    assert model.body() is not lm.model and model.eval().body() is lm.model
+    assert set(model.state_dict()) == keys
+
+
 def test_the_start_token_is_its_trainable_row_without_merging_the_vocabulary(data):
     """`start()` is the embedding of the start token (its trainable PEFT row under LoRA), and a loss through it
     trains that row alone: the vocabulary table is not copied or given a gradient."""

@@ -291,6 +291,8 @@ class ScoringModel(nn.Module):
                              if title_skip in ("title", "both") else None, persistent=False)
         self.start_id, self.score, self.temperature = start_id, score, temperature
         self.bf16_weights = False  # frozen weights stored in bf16: run under bf16 autocast
+        self.compile_lm = False  # training steps run a torch.compile'd LM body (`compiled_body`)
+        self._compiled: dict[str, nn.Module] = {}  # kept out of the module tree: no second copy in the state dict
 
     def item_vectors(self) -> Tensor:
         """(N, D): the vector of every catalog item (the LM's input patch and, for `dot`, the output scorer)."""
@@ -333,11 +335,20 @@ class ScoringModel(nn.Module):
                     return adapter.trainable_tokens_delta[name][idx.index(self.start_id)]
         return adapter.base_layer.weight[self.start_id]
 
+    def body(self) -> nn.Module:
+        """The LM's transformer body; with `compile_lm`, for training steps, its torch.compile'd twin (dynamic
+        shapes: packed batches differ in rows and length; ranking and probes run the plain body)."""
+        lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        if not (self.compile_lm and self.training and torch.is_grad_enabled()):
+            return lm.model
+        if "train" not in self._compiled:
+            self._compiled["train"] = torch.compile(lm.model, dynamic=True)
+        return self._compiled["train"]
+
     def hidden(self, rows: Rows) -> Tensor:
         """(B, S, D) last hidden states (after the final norm)."""
-        lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
         # no KV cache: with one, transformers would not read packed windows from the position ids
-        return lm.model(inputs_embeds=rows.inputs_embeds, attention_mask=rows.attention_mask,
+        return self.body()(inputs_embeds=rows.inputs_embeds, attention_mask=rows.attention_mask,
                         position_ids=rows.position_ids, use_cache=False).last_hidden_state
 
     def states(self, rows: Rows, at: Tensor) -> Tensor:
@@ -410,4 +421,5 @@ def scoring_model(lm: nn.Module, cfg: TrainConfig, new_tokens: list[int], catalo
     model = ScoringModel(lm, patches, new_tokens[0], cfg.item_correction, cfg.score, cfg.temperature,
                          cfg.title_skip, title_groups(catalog) if cfg.mask_same_title else None)
     model.bf16_weights = cfg.finetune == "lora" and use_bf16(cfg.bf16)
+    model.compile_lm = cfg.compile_lm
     return model

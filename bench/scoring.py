@@ -1,0 +1,145 @@
+"""The catalog scoring head's training speed (a section of `bench.core`), at the recipe `bench.quality` trains:
+Goodreads, windows of 30 context + 70 target positions, 16 windows a step, cosine scores with the title-patch skip,
+the first 8 LM layers, LoRA, bf16 autocast.
+
+Variants run on the same model, optimizer and batches, interleaved in rounds so that the machine's drift (its
+matmul peak moves by 2x within minutes on shared cores) hits all alike; the bf16 matmul peak is measured before
+every round and the fraction of peak uses the median:
+
+- padded: one window per row, padded to the longest (the path before packing: the baseline);
+- packed: several windows to a row (block-diagonal attention, `Rows`);
+- packed + compiled: the same with `compile_lm` (torch.compile of the LM body; its one-off compile is reported).
+
+Useful FLOPs per step (what the step must compute, not what padding adds): 4 x the body's frozen weights x real
+positions (LoRA: forward + input gradients), causal attention 6 x D x n(n + 1) per window of n positions and
+layer (forward + both input gradients), and the catalog: 6 x N x D per target (logits, gradients of the hidden
+state and of the item vectors) + 2 x N x D for the title-patch skip's similarities.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from statistics import median
+
+import numpy as np
+import torch
+
+VARIANTS = {"padded": {"pack": False}, "packed": {"pack": True}, "packed + compiled": {"pack": True, "compile": True}}
+LAYOUTS = {  # tokens per trained target, from the plan alone (no timing)
+    "item patches (context 30, stride 70)": {},
+    "sessions 10x5 + item patches": {"layout": "session", "sessions": 10, "group": 5},
+}
+
+
+def _recipe(**kw):
+    from bench.quality import TEXT_LEVERS
+    from patchrec.config import TrainConfig
+    from patchrec.profiles import SCORING_RECIPE
+
+    return TrainConfig(**{**SCORING_RECIPE, **TEXT_LEVERS, "title_skip": "title", "layers": 8, **kw})
+
+
+def tokens_per_target(store) -> dict[str, float]:
+    """Real input positions per trained target of every scoring layout (the plan's windows, no padding)."""
+    from patchrec.heads.scoring.model import Layout, plan_windows
+
+    out = {}
+    for name, kw in LAYOUTS.items():
+        windows, is_target = plan_windows(store, Layout.of(_recipe(**kw)))
+        positions = 1 + (windows.item_lo - windows.lo) // Layout.of(_recipe(**kw)).group + windows.hi - windows.item_lo
+        out[name] = float(positions.sum() / is_target.sum())
+    return out
+
+
+def train_speed(base, store, rounds: int, steps: int, peak) -> dict:
+    """Targets/s, real and computed positions/s and FLOP/s of each variant (see the module doc)."""
+    from patchrec.heads import head
+    from patchrec.heads.scoring.model import catalog_loss, window_rows
+
+    cfg = _recipe()
+    h = head("scoring")
+    model = h.model(base, cfg, trained=True)
+    objective = h.objective(store, base, cfg)
+    optimizer = torch.optim.AdamW(objective.param_groups(model, cfg), lr=cfg.lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    plan = objective.plan()
+    body = model.lm.get_base_model().model
+    frozen = sum(p.numel() for n, p in body.named_parameters() if "embed" not in n and "lora" not in n)
+    n_items, dim = model.patches.shape
+    layers = len(body.layers)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(micro, pack: bool) -> dict:
+        with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16):
+            rows = window_rows(store, objective.windows, micro, objective.is_target, model.item_vectors(),
+                               model.start(), objective.layout, pack)
+            loss = catalog_loss(model, rows, reduction="sum", mask_same_title=cfg.mask_same_title)
+        (loss / len(rows.targets)).backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        n = rows.lengths.double()
+        return {"targets": len(rows.targets), "positions": int(rows.lengths.sum()),
+                "computed": int(rows.inputs_embeds.shape[0] * rows.inputs_embeds.shape[1]),
+                "flops": float(4 * frozen * n.sum() + layers * 6 * dim * (n * (n + 1)).sum()
+                               + 8 * n_items * dim * len(rows.targets))}
+
+    res: dict = {"recipe": cfg.model_dump(include={"context", "stride", "batch_size", "layers", "score", "title_skip",
+                                                  "finetune", "lora_r"}),
+                 "rounds": rounds, "steps_per_round": steps, "frozen_body_params": frozen}
+    model.train()
+    model.compile_lm = True
+    t0 = time.perf_counter()
+    step(plan[0], True)  # the compile (dynamic shapes: later batches reuse it)
+    res["compile_seconds"] = time.perf_counter() - t0
+    for pack in (False, True):
+        model.compile_lm = False
+        step(plan[0], pack)  # warm-up of the eager paths
+    runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    peaks = []
+    for r in range(rounds):
+        peaks.append(peak())
+        micro = plan[1 + r * steps : 1 + (r + 1) * steps]
+        for name, v in VARIANTS.items():
+            model.compile_lm = v.get("compile", False)
+            t = time.perf_counter()
+            done = [step(m, v["pack"]) for m in micro]
+            runs[name].append({"seconds": time.perf_counter() - t,
+                               **{k: sum(d[k] for d in done) for k in done[0]}})
+    res["bf16_matmul_peak_median"] = median(peaks)
+    res["bf16_matmul_peaks"] = peaks
+    for name, rr in runs.items():
+        sec = sum(x["seconds"] for x in rr)
+        tot = {k: sum(x[k] for x in rr) for k in rr[0] if k != "seconds"}
+        res[name] = {"targets_per_s": tot["targets"] / sec,
+                     "targets_per_s_by_round": [x["targets"] / x["seconds"] for x in rr],
+                     "positions_per_s": tot["positions"] / sec, "computed_positions_per_s": tot["computed"] / sec,
+                     "padding_share": 1 - tot["positions"] / tot["computed"],
+                     "positions_per_target": tot["positions"] / tot["targets"],
+                     "useful_flops_per_s": tot["flops"] / sec,
+                     "fraction_of_bf16_peak": tot["flops"] / sec / res["bf16_matmul_peak_median"]}
+    for name in VARIANTS:
+        res[name]["speedup_vs_padded"] = res[name]["targets_per_s"] / res["padded"]["targets_per_s"]
+    res["tokens_per_target"] = tokens_per_target(store)
+    return res
+
+
+def prepared_goodreads(work: Path, paper: Path) -> Path:
+    from bench.core import _prepared
+
+    return _prepared("goodreads", work, paper)
+
+
+def run(work: Path, paper: Path, base_name: str, cache: Path, rounds: int, steps: int, peak) -> dict:
+    from patchrec.config import ModelConfig
+    from patchrec.data.sequences import SequenceStore
+    from patchrec.prompts import PromptConfig
+    from patchrec.runtime import Base, read_items
+
+    data = prepared_goodreads(work, paper)
+    titles = read_items(data / "items.parquet").title.astype(str).tolist()
+    base = Base(titles, ModelConfig(base=base_name, cache_dir=cache), PromptConfig())
+    store = SequenceStore(data, max_history=100)
+    np.random.seed(0)
+    return {"data": "goodreads", "items": len(titles), **train_speed(base, store, rounds, steps, peak)}
