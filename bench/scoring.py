@@ -68,7 +68,6 @@ def train_speed(base, store, rounds: int, steps: int, peak) -> dict:
     frozen = sum(p.numel() for n, p in body.named_parameters() if "embed" not in n and "lora" not in n)
     n_items, dim = model.patches.shape
     layers = len(body.layers)
-    gen = torch.Generator().manual_seed(0)
 
     def step(micro, pack: bool) -> dict:
         with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16):
