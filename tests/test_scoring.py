@@ -114,7 +114,7 @@ def test_packed_windows_train_exactly_as_padded_ones(data):
 
 
 def test_a_compiled_training_step_equals_the_eager_one(data):
-    """`compile_lm`: training steps run a torch.compile'd body with the same loss and gradients (two packed
+    """`compile_lm`: training steps run a torch.compile'd body and loss with the same loss and gradients (two packed
     batches of different shapes: dynamic shapes); ranking (eval mode) keeps the plain body; the compiled twin is
     not part of the state dict."""
     spec = _spec(**TEXT)

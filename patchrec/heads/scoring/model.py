@@ -291,7 +291,7 @@ class ScoringModel(nn.Module):
                              if title_skip in ("title", "both") else None, persistent=False)
         self.start_id, self.score, self.temperature = start_id, score, temperature
         self.bf16_weights = False  # frozen weights stored in bf16: run under bf16 autocast
-        self.compile_lm = False  # training steps run a torch.compile'd LM body (`compiled_body`)
+        self.compile_lm = False  # training steps run a torch.compile'd LM body and loss (`fast`)
         self._compiled: dict[str, nn.Module] = {}  # kept out of the module tree: no second copy in the state dict
 
     def item_vectors(self) -> Tensor:
@@ -335,15 +335,19 @@ class ScoringModel(nn.Module):
                     return adapter.trainable_tokens_delta[name][idx.index(self.start_id)]
         return adapter.base_layer.weight[self.start_id]
 
-    def body(self) -> nn.Module:
-        """The LM's transformer body; with `compile_lm`, for training steps, its torch.compile'd twin (dynamic
-        shapes: packed batches differ in rows and length; ranking and probes run the plain body)."""
-        lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+    def fast(self, name: str, fn):
+        """`fn`, or with `compile_lm` in a training step its torch.compile'd twin (dynamic shapes: packed batches
+        differ in rows, length and targets; ranking and probes run the plain code)."""
         if not (self.compile_lm and self.training and torch.is_grad_enabled()):
-            return lm.model
-        if "train" not in self._compiled:
-            self._compiled["train"] = torch.compile(lm.model, dynamic=True)
-        return self._compiled["train"]
+            return fn
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(fn, dynamic=True)
+        return self._compiled[name]
+
+    def body(self) -> nn.Module:
+        """The LM's transformer body (compiled for training steps with `compile_lm`)."""
+        lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        return self.fast("body", lm.model)
 
     def hidden(self, rows: Rows) -> Tensor:
         """(B, S, D) last hidden states (after the final norm)."""
@@ -375,10 +379,19 @@ def catalog_loss(model: ScoringModel, rows: Rows, negatives: int | None = None,
         drawn = torch.randint(0, n_items, (negatives,), generator=generator).to(h.device)
         cands, inverse = torch.unique(torch.cat([rows.targets, drawn]), return_inverse=True)
         labels = inverse[: len(rows.targets)]
-    logits = model.logits(h, rows.prev, cands)
-    if mask_same_title and model.groups is not None:
+    scored = model.fast("loss", _scored_loss)
+    return scored(model, h, rows.prev, rows.targets, cands, labels, mask_same_title and model.groups is not None,
+                  reduction)
+
+
+def _scored_loss(model: ScoringModel, h: Tensor, prev: Tensor, targets: Tensor, cands: Tensor | None,
+                 labels: Tensor, mask_same_title: bool, reduction: str) -> Tensor:
+    """The cross-entropy of `catalog_loss` from the loss positions' hidden states (one compiled graph with
+    `compile_lm`: the (n, N) elementwise work fuses)."""
+    logits = model.logits(h, prev, cands)
+    if mask_same_title:
         groups = model.groups if cands is None else model.groups[cands]
-        same = groups[None, :] == model.groups[rows.targets][:, None]
+        same = groups[None, :] == model.groups[targets][:, None]
         same[torch.arange(len(labels), device=same.device), labels] = False
         logits = logits.masked_fill(same, float("-inf"))
     return nn.functional.cross_entropy(logits, labels, reduction=reduction)
