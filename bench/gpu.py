@@ -3,7 +3,7 @@ peak, ranking users/s batched vs `generate`) on randomly initialised models of r
 fits about 8 minutes on one GPU. Writes JSON with the device name to bench/results/gpu-<device>.json.
 
     python -m bench.gpu                                   # SmolLM2-135M and Llama-3.2-1B shapes, on the GPU
-    python -m bench.gpu --shapes tiny --data DIR --out F  # seconds on a CPU (what the test runs)
+    python -m bench.gpu --shapes tiny --data DIR --out F --cpu  # seconds on a CPU (what the test runs)
 
 The shapes' tokenizer is SmolLM2's (a larger vocabulary keeps its rows, so the LM head costs what it would);
 `--tokenizer` takes another local one. Data: the paper's ml-100k split (`--paper`), or any prepared folder
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from bench.core import PAPER, REPO, _dev, _prepared, matmul_peak, rank_speed, train_speed
-from bench.report import header, write_report
+from bench.report import header, require_cuda, write_report
 
 SHAPES = {  # LlamaConfig fields of the shapes measured
     "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rank-users", type=int, default=64)
     p.add_argument("--rank-batch", type=int, default=32)
     p.add_argument("--out", type=Path)
+    p.add_argument("--cpu", action="store_true", help="run without a GPU (the tiny smoke run); otherwise no CUDA "
+                   "device stops it at once")
     args = p.parse_args(argv)
+    if not args.cpu:
+        require_cuda("make bench-gpu")
     from patchrec.config import ModelConfig
     from patchrec.data.sequences import SequenceStore
     from patchrec.model import ensure_smollm2

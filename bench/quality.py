@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.report import machine
+from bench.report import machine, require_cuda
 from patchrec.config import DataConfig, EvalConfig, ModelConfig, SASRecConfig, TrainConfig, load_source
 from patchrec.data.prepare import prepare_data
 from patchrec.data.sequences import SequenceStore
@@ -64,15 +64,17 @@ TEXT_LEVERS = {"score": "cosine", "title_skip": True, "cold_keep_title": True, "
 
 
 def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 8,
-             mid_lm: int = 12, compile_lm: bool = False) -> dict[str, dict[str, Any]]:
+             mid_lm: int = 12, compile_lm: bool = False, scoring_batch: int | None = None) -> dict[str, dict[str, Any]]:
     """name -> {"ppt": TrainConfig | None, "pft": TrainConfig}; each variant trains for `seconds` in all.
     `keep_best`: scoring-head variants keep the weights of their best validation probe. `short_lm`, `mid_lm`: the
     layers the "8 layers" and "12 layers" variants keep (fewer only for a test model that has fewer).
-    `compile_lm`: scoring-head steps run a torch.compile'd LM body (the compile counts against the budget)."""
+    `compile_lm`: scoring-head steps run a torch.compile'd LM body (the compile counts against the budget).
+    `scoring_batch`: windows per scoring-head step (None: the recipe's)."""
     half = seconds / 2
     gen = dict(max_seconds=seconds, lr=lr, curve_every_s=seconds / 2, curve_samples=32)
     scoring = SCORING_RECIPE | dict(max_seconds=seconds, curve_every_s=seconds / 6, curve_samples=256,
-                                    keep_best=keep_best, checkpoint_every=100, compile_lm=compile_lm)
+                                    keep_best=keep_best, checkpoint_every=100, compile_lm=compile_lm,
+                                    batch_size=scoring_batch or SCORING_RECIPE["batch_size"])
     # PPT also trains on each sample's all-text copy: micro-batches of 4 (x2 accumulation) keep the peak memory
     # of 100-item text prompts under ~12 GB on a CPU (batches of 8 were OOM-killed at 24 GB).
     ppt = TrainConfig(stage="ppt", layout="mixed", max_history=100, lr=lr, batch_size=4, grad_accum=2,
@@ -196,10 +198,12 @@ def _slice_metrics(ranks: pd.DataFrame, slices: dict[str, set[int]]) -> dict[str
 
 
 def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_samples: int, lr: float, base: str,
-        sasrec_epochs: int, only: list[str] | None = None, keep_best: bool = True) -> dict[str, Any]:
+        sasrec_epochs: int, only: list[str] | None = None, keep_best: bool = True,
+        scoring_batch: int | None = None) -> dict[str, Any]:
     """Prepare `data_cfg` (reused when unchanged), train and rank every variant and baseline under `work`
     through the stage contract (folders named by fingerprints that include the data); stages finished by an
-    earlier invocation are reused and counted in `reused_stages`."""
+    earlier invocation are reused and counted in `reused_stages`. `scoring_batch`: windows per step of the
+    scoring-head variants (None: the recipe's)."""
     t_start = time.perf_counter()
     prepare_data(data_cfg)
     data = data_record(data_cfg.out)
@@ -210,6 +214,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
     all_eval = EvalConfig(split="test", max_samples=None)
     report: dict[str, Any] = {"profile": profile, "budget_seconds": seconds, "lr": lr, "base": base,
                               "keep_best": keep_best, "test_samples": test_samples or "all",
+                              "scoring_batch": scoring_batch or SCORING_RECIPE["batch_size"],
                               "machine": {**machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())},
                               "variants": {}, "baselines": {}}
     ranks: dict[str, pd.DataFrame] = {}
@@ -217,7 +222,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
     reused: dict[Path, bool] = {}  # stage folder -> finished before this invocation
     tiny = base == "tiny"
     chosen = variants(seconds, lr, keep_best, min(8, mcfg.tiny_layers) if tiny else 8,
-                      min(12, mcfg.tiny_layers) if tiny else 12, compile_lm=not tiny)
+                      min(12, mcfg.tiny_layers) if tiny else 12, compile_lm=not tiny, scoring_batch=scoring_batch)
     unknown = set(only or []) - set(chosen)
     if unknown:
         raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {list(chosen)}")
@@ -295,7 +300,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--work", type=Path, default=PROJECT_ROOT / ".state" / "quality")
     parser.add_argument("--out", type=Path, help="JSON path (default bench/results/quality-<profile>.json)")
     parser.add_argument("--report", type=Path, help="markdown path (default docs/quality-<profile>.md)")
+    parser.add_argument("--scoring-batch", type=int, help="windows per step of the scoring-head variants (the "
+                        "recipe's 16 by default; a GPU needs more to be compute-bound)")
+    parser.add_argument("--require-cuda", action="store_true", help="a GPU run (make quality-gpu): stop at once "
+                        "without a CUDA device")
     args = parser.parse_args(argv)
+    if args.require_cuda:
+        require_cuda("make quality-gpu")
     spec = PROFILES[args.profile]
     seconds = args.seconds or spec["seconds"]
     test_samples = spec["test_samples"] if args.test_samples is None else args.test_samples
@@ -305,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data["raw"] = (PROJECT_ROOT / data["raw"]).resolve()
     data_cfg = DataConfig(**data, out=args.work / "data" / args.profile)
     report = run(args.profile, data_cfg, args.work, seconds, test_samples, args.lr, args.base, args.sasrec_epochs,
-                 args.only, args.keep_best)
+                 args.only, args.keep_best, args.scoring_batch)
     report["command"] = "python -m bench.quality " + shlex.join(argv if argv is not None else sys.argv[1:])
     out = args.out or PROJECT_ROOT / "bench" / "results" / f"quality-{args.profile}.json"
     write_json(report, out)

@@ -12,7 +12,7 @@ from typing import Any
 
 from patchrec.io import write_json
 
-__all__ = ["header", "machine", "write_report"]
+__all__ = ["header", "machine", "require_cuda", "write_report"]
 
 
 def machine() -> dict[str, Any]:
@@ -45,3 +45,13 @@ def write_report(report: dict[str, Any], out: Path) -> Path:
     write_json(report, Path(out))
     print(json.dumps(report, indent=2, default=str))
     return Path(out)
+
+
+def require_cuda(command: str) -> None:
+    """Stop at once, with one line, where `command` is a GPU run and torch sees no CUDA device (it would otherwise
+    run for hours on the CPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{command}: no CUDA device (torch {torch.__version__}, torch.cuda.is_available() is False); "
+                         "run it on a GPU machine with a CUDA build of torch (GPU_PYTHON=...)")

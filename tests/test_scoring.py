@@ -14,7 +14,7 @@ from patchrec.baselines import evaluate_baseline
 from patchrec.config import EvalConfig, ModelConfig, TrainConfig
 from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.split import evaluate_split
-from patchrec.heads.scoring import ScoringObjective
+from patchrec.heads.scoring import ScoringObjective, ScoringRanker
 from patchrec.heads.scoring.model import (
     Layout,
     assemble_rows,
@@ -254,6 +254,24 @@ def test_warm_start_from_a_champion_or_a_ppt_run(data, tmp_path):
     load_init(scoring, tmp_path / "ppt.pt", spec.train)
     lora_b = [p for n, p in scoring.named_parameters() if "lora_B" in n]
     assert lora_b and all(bool((p == 0.5).all()) for p in lora_b)
+
+
+@pytest.mark.parametrize("mask_history", [False, True])
+def test_ranking_the_catalog_in_chunks_equals_ranking_it_at_once(data, mask_history):
+    """Chunks of 7 items (catalog not a multiple of 7), merged: the same top-k, scores and order as one pass."""
+    spec = _spec(**TEXT)
+    items, base, model = _model(data, spec)
+    runtime = Runtime(items, spec, base, model)
+    store = SequenceStore(data, max_history=runtime.max_history)
+    hists = [store.sample(int(i))[0] for i in store.indices("test")[:6]]
+    assert len(items) % 7
+    whole = ScoringRanker(runtime, bf16=False, mask_history=mask_history, chunk=len(items)).rank_many(hists, 10)
+    chunked = ScoringRanker(runtime, bf16=False, mask_history=mask_history, chunk=7).rank_many(hists, 10)
+    for a, b, hist in zip(whole, chunked, hists, strict=True):
+        assert a.items == b.items and len(a.items) == 10
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+        if mask_history:
+            assert not set(a.items) & set(hist.tolist())
 
 
 def test_sampled_softmax_covering_the_catalog_equals_the_full_softmax(data):

@@ -32,7 +32,9 @@ from patchrec.model import load_trainable
 if TYPE_CHECKING:
     from patchrec.runtime import Base, Runtime
 
-__all__ = ["ScoringHead", "ScoringObjective", "ScoringRanker"]
+__all__ = ["CATALOG_CHUNK", "ScoringHead", "ScoringObjective", "ScoringRanker"]
+
+CATALOG_CHUNK = 65_536  # catalog items a ranking scores at a time
 
 
 class ScoringObjective:
@@ -91,37 +93,66 @@ class ScoringRanker:
         bf16: bf16 autocast for the forward pass (scores are computed in fp32).
         mask_history: never recommend an item already in the history.
         batch_size: users per forward pass.
+        chunk: catalog items scored at a time (memory stays batch x chunk for any catalog size).
     """
 
     def __init__(self, runtime: Runtime, bf16: bool | Literal["auto"] = "auto", mask_history: bool = False,
-                 batch_size: int = 64):
+                 batch_size: int = 64, chunk: int = CATALOG_CHUNK):
         self.runtime, self.bf16, self.mask_history, self.batch_size = runtime, bf16, mask_history, batch_size
+        self.chunk = chunk
         self.layout, self.pack = Layout.of(runtime.spec.train), runtime.spec.train.pack
 
     def rank(self, hist: np.ndarray, top_k: int) -> Ranking:
         return self.rank_many([hist], top_k)[0]
 
     @torch.no_grad()
-    def scores(self, hists: list[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
-        """(B, N) fp32 scores of every catalog item after each history, and each row's positions."""
+    def states(self, hists: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """The LM pass of a batch of histories: (B, D) last hidden states, (B,) newest items, positions per row."""
         model = self.runtime.model
         rows = [history_row(h, self.layout) for h in hists]
-        bf16 = use_bf16(self.bf16) or model.bf16_weights
-        with torch.autocast(device().type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device().type, dtype=torch.bfloat16, enabled=self._bf16()):
             batch = assemble_rows(rows, model.item_vectors(), model.start(), self.layout.group, self.pack)
-            scores = model.last_scores(batch)
-        if self.mask_history:
-            for b, h in enumerate(hists):
-                scores[b, torch.as_tensor(np.asarray(h, dtype=np.int64), device=scores.device)] = float("-inf")
-        return scores, batch.lengths.tolist()
+            h = model.states(batch, batch.last_at)
+        return h, batch.prev, batch.lengths.tolist()
+
+    def _bf16(self) -> bool:
+        return use_bf16(self.bf16) or self.runtime.model.bf16_weights
+
+    @torch.no_grad()
+    def top_k(self, h: torch.Tensor, prev: torch.Tensor, hists: list[np.ndarray], k: int,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-`k` (values, item indices) over the whole catalog, scored `chunk` items at a time and merged,
+        so memory is (B, chunk) whatever the catalog's size; with `mask_history`, history items are never chosen."""
+        model = self.runtime.model
+        n_items = model.patches.shape[0]
+        out = model.output_vectors()
+        best_v = h.new_full((h.shape[0], 0), float("-inf"), dtype=torch.float32)
+        best_i = torch.zeros((h.shape[0], 0), dtype=torch.long, device=h.device)
+        seen = [torch.as_tensor(np.asarray(x, dtype=np.int64), device=h.device) for x in hists] if self.mask_history \
+            else None
+        with torch.autocast(device().type, dtype=torch.bfloat16, enabled=self._bf16()):
+            for c0 in range(0, n_items, self.chunk):
+                part = slice(c0, min(c0 + self.chunk, n_items))
+                scores = model.logits(h, prev, part, out=out).float()
+                if seen is not None:
+                    for b, items in enumerate(seen):
+                        inside = items[(items >= part.start) & (items < part.stop)] - part.start
+                        scores[b, inside] = float("-inf")
+                top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+                best_v = torch.cat([best_v, top.values], dim=1)
+                best_i = torch.cat([best_i, top.indices + c0], dim=1)
+                if best_v.shape[1] > k:
+                    order = torch.topk(best_v, k, dim=1)
+                    best_v, best_i = order.values, best_i.gather(1, order.indices)
+        return best_v, best_i
 
     def rank_many(self, hists: list[np.ndarray], top_k: int) -> list[Ranking]:
         out: list[Ranking] = []
         for s in range(0, len(hists), self.batch_size):
-            scores, lengths = self.scores(hists[s : s + self.batch_size])
-            top = torch.topk(scores, min(top_k, scores.shape[1]), dim=1)
-            out += [Ranking(i.tolist(), v.tolist(), n) for i, v, n in zip(top.indices, top.values, lengths,
-                                                                          strict=True)]
+            part = hists[s : s + self.batch_size]
+            h, prev, lengths = self.states(part)
+            values, indices = self.top_k(h, prev, part, top_k)
+            out += [Ranking(i.tolist(), v.tolist(), n) for i, v, n in zip(indices, values, lengths, strict=True)]
         return out
 
 

@@ -303,9 +303,11 @@ class ScoringModel(nn.Module):
         v = self.item_vectors().float()
         return v if self.score == "dot" else nn.functional.normalize(v - self.centre, dim=-1)
 
-    def logits(self, h: Tensor, prev: Tensor | None, items: Tensor | None = None) -> Tensor:
-        """(n, D) hidden states, (n,) newest earlier item (-1: none) -> (n, N) scores (or of `items` only)."""
-        out = self.output_vectors()
+    def logits(self, h: Tensor, prev: Tensor | None, items: Tensor | slice | None = None,
+               out: Tensor | None = None) -> Tensor:
+        """(n, D) hidden states, (n,) newest earlier item (-1: none) -> (n, N) scores (or of `items` only: indices
+        or a slice of the catalog). `out`: `output_vectors()` when the caller already has them."""
+        out = self.output_vectors() if out is None else out
         cand = out if items is None else out[items]
         h = h.float()
         if self.score == "dot":
