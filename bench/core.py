@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--only", choices=["scoring"], help="run only this section (write it with --out elsewhere)")
     p.add_argument("--scoring-rounds", type=int, default=4, help="interleaved rounds of the scoring-head variants")
     p.add_argument("--scoring-steps", type=int, default=3, help="training steps of each variant in a round")
+    p.add_argument("--scoring-rank-users", type=int, default=256, help="test users the scoring head ranks")
+    p.add_argument("--scoring-rank-chunk", type=int, default=65_536, help="catalog items scored at a time")
     args = p.parse_args(argv)
     from patchrec.config import ModelConfig
     from patchrec.data.sequences import SequenceStore
@@ -318,6 +320,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     report["scoring_training"] = scoring.run(args.work, args.paper, args.base, mcfg.cache_dir, args.scoring_rounds,
                                              args.scoring_steps, bf16_peak)
+    report["scoring_ranking"] = scoring.ranking(args.work, args.paper, args.base, mcfg.cache_dir,
+                                                args.scoring_rank_users, 64, args.scoring_rank_chunk)
     if args.only == "scoring":
         write_report(report, args.out)
         return report

@@ -1,4 +1,6 @@
-"""The catalog scoring head's training speed (a section of `bench.core`), at the recipe `bench.quality` trains:
+"""The catalog scoring head's training and ranking speed (sections of `bench.core`).
+
+Training, at the recipe `bench.quality` trains:
 Goodreads, windows of 30 context + 70 target positions, 16 windows a step, cosine scores with the title-patch skip,
 the first 8 LM layers, LoRA, bf16 autocast.
 
@@ -14,6 +16,11 @@ Useful FLOPs per step (what the step must compute, not what padding adds): 4 x t
 positions (LoRA: forward + input gradients), causal attention 6 x D x n(n + 1) per window of n positions and
 layer (forward + both input gradients), and the catalog: 6 x N x D per target (logits, gradients of the hidden
 state and of the item vectors) + 2 x N x D for the title-patch skip's similarities.
+
+Ranking: users/s of exact full-catalog top-20 for the real catalogs (Goodreads, ml-1m) and for synthetic
+catalogs 10x and 100x Goodreads' (its item vectors tiled with noise), `CATALOG_CHUNK` items scored at a time;
+where the time goes (the LM pass over the histories, the catalog matmuls, the top-k merges) and the score
+buffer a batch holds (batch x chunk, against batch x catalog without chunks).
 """
 
 from __future__ import annotations
@@ -142,3 +149,80 @@ def run(work: Path, paper: Path, base_name: str, cache: Path, rounds: int, steps
     store = SequenceStore(data, max_history=100)
     np.random.seed(0)
     return {"data": "goodreads", "items": len(titles), **train_speed(base, store, rounds, steps, peak)}
+
+
+def _ranker(model, base, items, scale: int, chunk: int, batch: int):
+    """A `ScoringRanker` of `model` (the recipe's, untrained: speed only) on a catalog `scale` x the real one (its
+    item vectors tiled, with noise), sharing the LM."""
+    from patchrec.heads.scoring import ScoringRanker
+    from patchrec.heads.scoring.model import ScoringModel
+    from patchrec.runtime import RunSpec, Runtime
+
+    cfg = _recipe()
+    if scale > 1:
+        gen = torch.Generator().manual_seed(scale)
+        big = model.patches.repeat(scale, 1)
+        n = len(model.patches)
+        big[n:] += 0.01 * torch.randn(big[n:].shape, generator=gen, dtype=big.dtype)
+        scaled = ScoringModel(model.lm, big, model.start_id, cfg.item_correction, cfg.score, cfg.temperature,
+                              cfg.title_skip)
+        scaled.bf16_weights = model.bf16_weights
+        model = scaled
+    runtime = Runtime(items, RunSpec(train=cfg), base, model.eval())
+    return ScoringRanker(runtime, batch_size=batch, chunk=chunk)
+
+
+def rank_speed(base, store, items, users: int, batch: int, scales: tuple[int, ...], chunk: int) -> dict:
+    """Users/s and the split of the time for each catalog scale (see the module doc)."""
+    from patchrec.heads.scoring.model import scoring_model
+
+    hists = [store.sample(int(i))[0] for i in store.indices("test")[:users]]
+    res: dict = {"users": len(hists), "batch": batch, "chunk": chunk, "top_k": 20}
+    real = scoring_model(base.model, _recipe(), base.new_tokens, base.catalog)
+    for scale in scales:
+        ranker = _ranker(real, base, items, scale, chunk, batch)
+        model = ranker.runtime.model
+        n_items = int(model.patches.shape[0])
+        ranker.rank_many(hists[:batch], 20)  # warm-up
+        t_lm = t_mm = t_top = 0.0
+        t0 = time.perf_counter()
+        ranker.rank_many(hists, 20)
+        total = time.perf_counter() - t0
+        with torch.no_grad():  # the same work, phase by phase
+            for s in range(0, len(hists), batch):
+                t = time.perf_counter()
+                h, prev, _ = ranker.states(hists[s : s + batch])
+                t_lm += time.perf_counter() - t
+                out = model.output_vectors()
+                with torch.autocast(h.device.type, dtype=torch.bfloat16, enabled=ranker._bf16()):
+                    for c0 in range(0, n_items, chunk):
+                        t = time.perf_counter()
+                        scores = model.logits(h, prev, slice(c0, min(c0 + chunk, n_items)), out=out).float()
+                        t_mm += time.perf_counter() - t
+                        t = time.perf_counter()
+                        torch.topk(scores, 20, dim=1)
+                        t_top += time.perf_counter() - t
+        res[f"{scale}x"] = {"items": n_items, "users_per_s": len(hists) / total, "seconds": total,
+                            "lm_pass_seconds": t_lm, "catalog_matmul_seconds": t_mm, "top_k_seconds": t_top,
+                            "score_buffer_mb": batch * min(chunk, n_items) * 4 / 2**20,
+                            "unchunked_score_buffer_mb": batch * n_items * 4 / 2**20}
+        del ranker, model  # a 100x catalog's tables are gigabytes
+    return res
+
+
+def ranking(work: Path, paper: Path, base_name: str, cache: Path, users: int, batch: int, chunk: int) -> dict:
+    """`rank_speed` on Goodreads (1x, 10x, 100x) and on ml-1m's catalog."""
+    from bench.core import _prepared
+    from patchrec.config import ModelConfig
+    from patchrec.data.sequences import SequenceStore
+    from patchrec.prompts import PromptConfig
+    from patchrec.runtime import Base, read_items
+
+    out = {}
+    for name, scales in (("goodreads", (1, 10, 100)), ("ml-1m", (1,))):
+        data = _prepared(name, work, paper)
+        items = read_items(data / "items.parquet")
+        base = Base(items.title.astype(str).tolist(), ModelConfig(base=base_name, cache_dir=cache), PromptConfig())
+        store = SequenceStore(data, max_history=_recipe().context + _recipe().stride)
+        out[name] = rank_speed(base, store, items, users, batch, scales, chunk)
+    return out
