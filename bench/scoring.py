@@ -151,7 +151,7 @@ def run(work: Path, paper: Path, base_name: str, cache: Path, rounds: int, steps
     return {"data": "goodreads", "items": len(titles), **train_speed(base, store, rounds, steps, peak)}
 
 
-def _ranker(model, base, items, scale: int, chunk: int, batch: int):
+def _ranker(model, base, mcfg, items, scale: int, chunk: int, batch: int):
     """A `ScoringRanker` of `model` (the recipe's, untrained: speed only) on a catalog `scale` x the real one (its
     item vectors tiled, with noise), sharing the LM."""
     from patchrec.heads.scoring import ScoringRanker
@@ -168,11 +168,11 @@ def _ranker(model, base, items, scale: int, chunk: int, batch: int):
                               cfg.title_skip)
         scaled.bf16_weights = model.bf16_weights
         model = scaled
-    runtime = Runtime(items, RunSpec(train=cfg), base, model.eval())
+    runtime = Runtime(items, RunSpec(train=cfg, model=mcfg), base, model.eval())
     return ScoringRanker(runtime, batch_size=batch, chunk=chunk)
 
 
-def rank_speed(base, store, items, users: int, batch: int, scales: tuple[int, ...], chunk: int) -> dict:
+def rank_speed(base, mcfg, store, items, users: int, batch: int, scales: tuple[int, ...], chunk: int) -> dict:
     """Users/s and the split of the time for each catalog scale (see the module doc)."""
     from patchrec.heads.scoring.model import scoring_model
 
@@ -180,7 +180,7 @@ def rank_speed(base, store, items, users: int, batch: int, scales: tuple[int, ..
     res: dict = {"users": len(hists), "batch": batch, "chunk": chunk, "top_k": 20}
     real = scoring_model(base.model, _recipe(), base.new_tokens, base.catalog)
     for scale in scales:
-        ranker = _ranker(real, base, items, scale, chunk, batch)
+        ranker = _ranker(real, base, mcfg, items, scale, chunk, batch)
         model = ranker.runtime.model
         n_items = int(model.patches.shape[0])
         ranker.rank_many(hists[:batch], 20)  # warm-up
@@ -210,8 +210,9 @@ def rank_speed(base, store, items, users: int, batch: int, scales: tuple[int, ..
     return res
 
 
-def ranking(work: Path, paper: Path, base_name: str, cache: Path, users: int, batch: int, chunk: int) -> dict:
-    """`rank_speed` on Goodreads (1x, 10x, 100x) and on ml-1m's catalog."""
+def ranking(work: Path, paper: Path, base_name: str, cache: Path, users: int, batch: int, chunk: int,
+            goodreads_scales: tuple[int, ...] = (1, 10, 100)) -> dict:
+    """`rank_speed` on Goodreads (`goodreads_scales`) and on ml-1m's catalog."""
     from bench.core import _prepared
     from patchrec.config import ModelConfig
     from patchrec.data.sequences import SequenceStore
@@ -219,10 +220,11 @@ def ranking(work: Path, paper: Path, base_name: str, cache: Path, users: int, ba
     from patchrec.runtime import Base, read_items
 
     out = {}
-    for name, scales in (("goodreads", (1, 10, 100)), ("ml-1m", (1,))):
+    for name, scales in (("goodreads", goodreads_scales), ("ml-1m", (1,))):
         data = _prepared(name, work, paper)
         items = read_items(data / "items.parquet")
-        base = Base(items.title.astype(str).tolist(), ModelConfig(base=base_name, cache_dir=cache), PromptConfig())
+        mcfg = ModelConfig(base=base_name, cache_dir=cache)
+        base = Base(items.title.astype(str).tolist(), mcfg, PromptConfig())
         store = SequenceStore(data, max_history=_recipe().context + _recipe().stride)
-        out[name] = rank_speed(base, store, items, users, batch, scales, chunk)
+        out[name] = rank_speed(base, mcfg, store, items, users, batch, scales, chunk)
     return out
