@@ -19,7 +19,8 @@ state and of the item vectors) + 2 x N x D for the title-patch skip's similariti
 
 Ranking: users/s of exact full-catalog top-20 for the real catalogs (Goodreads, ml-1m) and for synthetic
 catalogs 10x and 100x Goodreads' (its item vectors tiled with noise), `CATALOG_CHUNK` items scored at a time;
-where the time goes (the LM pass over the histories, the catalog matmuls, the top-k merges) and the score
+where the time goes (the LM pass over the histories, the catalog's output vectors, the catalog matmuls, the
+top-k merges) and the score
 buffer a batch holds (batch x chunk, against batch x catalog without chunks).
 """
 
@@ -189,11 +190,13 @@ def rank_speed(base, mcfg, store, items, users: int, batch: int, scales: tuple[i
         ranker.rank_many(hists, 20)
         total = time.perf_counter() - t0
         with torch.no_grad():  # the same work, phase by phase
+            t = time.perf_counter()
+            out = model.output_vectors()
+            t_vectors = time.perf_counter() - t
             for s in range(0, len(hists), batch):
                 t = time.perf_counter()
                 h, prev, _ = ranker.states(hists[s : s + batch])
                 t_lm += time.perf_counter() - t
-                out = model.output_vectors()
                 with torch.autocast(h.device.type, dtype=torch.bfloat16, enabled=ranker._bf16()):
                     for c0 in range(0, n_items, chunk):
                         t = time.perf_counter()
@@ -203,7 +206,8 @@ def rank_speed(base, mcfg, store, items, users: int, batch: int, scales: tuple[i
                         torch.topk(scores, 20, dim=1)
                         t_top += time.perf_counter() - t
         res[f"{scale}x"] = {"items": n_items, "users_per_s": len(hists) / total, "seconds": total,
-                            "lm_pass_seconds": t_lm, "catalog_matmul_seconds": t_mm, "top_k_seconds": t_top,
+                            "lm_pass_seconds": t_lm, "output_vectors_seconds": t_vectors,
+                            "catalog_matmul_seconds": t_mm, "top_k_seconds": t_top,
                             "score_buffer_mb": batch * min(chunk, n_items) * 4 / 2**20,
                             "unchunked_score_buffer_mb": batch * n_items * 4 / 2**20}
         del ranker, model  # a 100x catalog's tables are gigabytes

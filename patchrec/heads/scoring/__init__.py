@@ -120,12 +120,13 @@ class ScoringRanker:
 
     @torch.no_grad()
     def top_k(self, h: torch.Tensor, prev: torch.Tensor, hists: list[np.ndarray], k: int,
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-`k` (values, item indices) over the whole catalog, scored `chunk` items at a time and merged,
-        so memory is (B, chunk) whatever the catalog's size; with `mask_history`, history items are never chosen."""
+        so memory is (B, chunk) whatever the catalog's size; with `mask_history`, history items are never chosen.
+        `out`: the model's `output_vectors()`, when the caller ranks several batches with the same ones."""
         model = self.runtime.model
         n_items = model.patches.shape[0]
-        out = model.output_vectors()
+        out = model.output_vectors() if out is None else out
         best_v = h.new_full((h.shape[0], 0), float("-inf"), dtype=torch.float32)
         best_i = torch.zeros((h.shape[0], 0), dtype=torch.long, device=h.device)
         seen = [torch.as_tensor(np.asarray(x, dtype=np.int64), device=h.device) for x in hists] if self.mask_history \
@@ -148,10 +149,12 @@ class ScoringRanker:
 
     def rank_many(self, hists: list[np.ndarray], top_k: int) -> list[Ranking]:
         out: list[Ranking] = []
+        with torch.no_grad():  # the catalog's output vectors once for every batch (N x D: large catalogs)
+            vectors = self.runtime.model.output_vectors()
         for s in range(0, len(hists), self.batch_size):
             part = hists[s : s + self.batch_size]
             h, prev, lengths = self.states(part)
-            values, indices = self.top_k(h, prev, part, top_k)
+            values, indices = self.top_k(h, prev, part, top_k, vectors)
             out += [Ranking(i.tolist(), v.tolist(), n) for i, v, n in zip(indices, values, lengths, strict=True)]
         return out
 
