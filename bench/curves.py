@@ -80,6 +80,17 @@ def training_curve(work: Path, paper: Path, base: str, batch: int, steps: int) -
     return out
 
 
+def _save(fig, title: str, name: str) -> Path:
+    """Title the figure with the run it is drawn from, write docs/img/<name>, close it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(IMG / name, dpi=110)
+    plt.close(fig)
+    return IMG / name
+
+
 def plot(training: dict | None) -> list[Path]:
     import matplotlib
 
@@ -97,12 +108,8 @@ def plot(training: dict | None) -> list[Path]:
         axes[0].set(xlabel="history items", ylabel="training seconds per sample", title="training cost")
         axes[1].set(xlabel="history items", ylabel="prompt tokens", title="prompt length")
         axes[0].legend(fontsize=8)
-        fig.suptitle(f"{training['command']} ({training['date']}, {training['machine']['device']}, "
-                     f"{training['machine']['threads']} threads)", fontsize=8)
-        fig.tight_layout()
-        made.append(IMG / "curve-training-vs-history.png")
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        made.append(_save(fig, f"{training['command']} ({training['date']}, {training['machine']['device']}, "
+                               f"{training['machine']['threads']} threads)", "curve-training-vs-history.png"))
     core = json.loads((RESULTS / "core-scoring.json").read_text())
     gr = core["scoring_ranking"]["goodreads"]
     scales = [v for v in gr.values() if isinstance(v, dict)]
@@ -117,11 +124,7 @@ def plot(training: dict | None) -> list[Path]:
     axes[1].set(xscale="log", yscale="log", xlabel="catalog items", ylabel=f"seconds ({gr['users']} users)",
                 title="where the time goes")
     axes[1].legend(fontsize=8)
-    fig.suptitle(f"{core['command']} ({core['date']})", fontsize=8)
-    fig.tight_layout()
-    made.append(IMG / "curve-ranking-vs-catalog.png")
-    fig.savefig(made[-1], dpi=110)
-    plt.close(fig)
+    made.append(_save(fig, f"{core['command']} ({core['date']})", "curve-ranking-vs-catalog.png"))
     ing = json.loads((RESULTS / "ingest.json").read_text())
     rows = sorted(ing["results"], key=lambda r: r["patchrec"]["rows"])
     ev = [r["patchrec"]["rows"] for r in rows]
@@ -132,11 +135,7 @@ def plot(training: dict | None) -> list[Path]:
     axes[0].set(xscale="log", yscale="log", xlabel="events", ylabel="seconds", title="ingestion time")
     axes[1].set(xscale="log", xlabel="events", ylabel="peak RSS (MB)", title="ingestion memory")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{ing['command']} ({ing['date']})", fontsize=8)
-    fig.tight_layout()
-    made.append(IMG / "curve-ingestion-vs-events.png")
-    fig.savefig(made[-1], dpi=110)
-    plt.close(fig)
+    made.append(_save(fig, f"{ing['command']} ({ing['date']})", "curve-ingestion-vs-events.png"))
     return made
 
 

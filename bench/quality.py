@@ -205,6 +205,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
     earlier invocation are reused and counted in `reused_stages`. `scoring_batch`: windows per step of the
     scoring-head variants (None: the recipe's)."""
     t_start = time.perf_counter()
+    scoring_batch = scoring_batch or SCORING_RECIPE["batch_size"]
     prepare_data(data_cfg)
     data = data_record(data_cfg.out)
     slices = target_slices(data.dir)
@@ -214,7 +215,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
     all_eval = EvalConfig(split="test", max_samples=None)
     report: dict[str, Any] = {"profile": profile, "budget_seconds": seconds, "lr": lr, "base": base,
                               "keep_best": keep_best, "test_samples": test_samples or "all",
-                              "scoring_batch": scoring_batch or SCORING_RECIPE["batch_size"],
+                              "scoring_batch": scoring_batch,
                               "machine": {**machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())},
                               "variants": {}, "baselines": {}}
     ranks: dict[str, pd.DataFrame] = {}

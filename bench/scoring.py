@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from statistics import median
 
-import numpy as np
 import torch
 
 VARIANTS = {"padded": {"pack": False}, "packed": {"pack": True}, "packed + compiled": {"pack": True, "compile": True}}
@@ -54,8 +53,9 @@ def tokens_per_target(store) -> dict[str, float]:
 
     out = {}
     for name, kw in LAYOUTS.items():
-        windows, is_target = plan_windows(store, Layout.of(_recipe(**kw)))
-        positions = 1 + (windows.item_lo - windows.lo) // Layout.of(_recipe(**kw)).group + windows.hi - windows.item_lo
+        layout = Layout.of(_recipe(**kw))
+        windows, is_target = plan_windows(store, layout)
+        positions = 1 + (windows.item_lo - windows.lo) // layout.group + windows.hi - windows.item_lo
         out[name] = float(positions.sum() / is_target.sum())
     return out
 
@@ -132,23 +132,17 @@ def train_speed(base, store, rounds: int, steps: int, peak) -> dict:
     return res
 
 
-def prepared_goodreads(work: Path, paper: Path) -> Path:
-    from bench.core import _prepared
-
-    return _prepared("goodreads", work, paper)
-
-
 def run(work: Path, paper: Path, base_name: str, cache: Path, rounds: int, steps: int, peak) -> dict:
+    from bench.core import _prepared
     from patchrec.config import ModelConfig
     from patchrec.data.sequences import SequenceStore
     from patchrec.prompts import PromptConfig
     from patchrec.runtime import Base, read_items
 
-    data = prepared_goodreads(work, paper)
+    data = _prepared("goodreads", work, paper)
     titles = read_items(data / "items.parquet").title.astype(str).tolist()
     base = Base(titles, ModelConfig(base=base_name, cache_dir=cache), PromptConfig())
     store = SequenceStore(data, max_history=100)
-    np.random.seed(0)
     return {"data": "goodreads", "items": len(titles), **train_speed(base, store, rounds, steps, peak)}
 
 
