@@ -93,6 +93,8 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
         "Scoring, cosine + title skip": {"ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS})},
         "Scoring, cosine + title skip, 8 layers": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm})},
+        "Scoring, cosine + title skip, 8 layers, prefix targets": {
+            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix"})},
         "Scoring, cosine + title-patch skip, 8 layers": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "title_skip": "title", "layers": short_lm})},
         "Scoring, cosine + both skips, 8 layers": {
@@ -107,6 +109,10 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
 COMPARISONS = [
     ("text levers (cosine + title skip) vs SASRec", "Scoring, cosine + title skip", "sasrec"),
     ("text levers, 8 layers vs SASRec", "Scoring, cosine + title skip, 8 layers", "sasrec"),
+    ("text levers, 8 layers, prefix targets vs SASRec", "Scoring, cosine + title skip, 8 layers, prefix targets",
+     "sasrec"),
+    ("prefix targets (as SASRec trains) vs train samples (8 layers)",
+     "Scoring, cosine + title skip, 8 layers, prefix targets", "Scoring, cosine + title skip, 8 layers"),
     ("title-patch skip, 8 layers vs SASRec", "Scoring, cosine + title-patch skip, 8 layers", "sasrec"),
     ("both skips, 8 layers vs SASRec", "Scoring, cosine + both skips, 8 layers", "sasrec"),
     ("both skips vs the title-patch skip (8 layers)", "Scoring, cosine + both skips, 8 layers",

@@ -197,6 +197,10 @@ class TrainConfig(_Frozen):
                                   "would otherwise move every never-target item down at full speed)")
     mask_same_title: bool = Field(False, description="scoring head: other items with the target's title are not "
                                   "training negatives")
+    targets: Literal["samples", "prefix"] = Field(
+        "samples", description="scoring head: train on the train split's samples (targets with at least "
+        "min_history earlier items), or `prefix`: on every position of each user's training prefix (from the second "
+        "item to the last train target, val/test targets excepted), as SASRec trains")
     compile_lm: bool = Field(False, description="scoring head: torch.compile the LM body for training steps (fused "
                              "kernels; the one-off compile, minutes on a CPU, counts against the time budget)")
     pack: bool = Field(True, description="scoring head: pack windows and ranking histories several to a row "
@@ -227,6 +231,8 @@ class TrainConfig(_Frozen):
             raise ValueError("keep_best selects among validation probes: set curve_every_s too")
         if self.title_skip != "off" and self.score != "cosine":
             raise ValueError("title_skip adds a cosine similarity: set score='cosine' too")
+        if self.targets != "samples" and self.head != "scoring":
+            raise ValueError("targets='prefix' trains every prefix position in one pass: the scoring head only")
         if self.stage not in _HEAD_STAGES[self.head]:
             raise ValueError(f"the {self.head} head trains in stage(s) {sorted(_HEAD_STAGES[self.head])}, not "
                              f"{self.stage!r}")

@@ -24,7 +24,7 @@ from patchrec.heads.scoring.model import (
 from patchrec.patching import CatalogTable
 from patchrec.runtime import Base, Runtime, read_items
 from patchrec.training import fit, train_run
-from tests.test_scoring import COLD, TEXT, _cfg, _key_of, _model, _spec
+from tests.test_scoring import COLD, N_ITEMS, TEXT, _cfg, _key_of, _model, _spec
 
 
 def test_title_groups_give_items_with_one_title_one_id():
@@ -165,3 +165,51 @@ def test_truncating_the_lm_keeps_its_first_layers(data):
 def test_the_title_skip_needs_cosine_scores():
     with pytest.raises(ValueError, match="title_skip adds a cosine similarity"):
         _cfg(title_skip=True)
+
+
+class _Store:
+    """A hand-made `SequenceStore`: two users' sequences and their samples."""
+
+    def __init__(self):
+        self.flat = np.array([10, 11, 12, 13, 14, 15, 16, 20, 21, 22, 23], dtype=np.int32)
+        self.offsets = np.array([0, 7, 11])
+        self.row_of_user = {5: 0, 9: 1}
+        # user 5: train targets at positions 3 and 4, val at 5, test at 6; user 9: only a test target (position 3)
+        self.sample_user = np.array([5, 5, 5, 5, 9])
+        self.sample_pos = np.array([3, 4, 5, 6, 3])
+        self.sample_split = np.array(["train", "train", "val", "test", "test"])
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.sample_split == split)
+
+
+def test_prefix_targets_are_every_position_of_the_training_prefix_after_the_first():
+    store = _Store()
+    _, samples = plan_windows(store, Layout(context=2, stride=2))
+    _, prefix = plan_windows(store, Layout(context=2, stride=2), prefix=True)
+    assert np.flatnonzero(samples).tolist() == [3, 4]
+    assert np.flatnonzero(prefix).tolist() == [1, 2, 3, 4]  # not position 0 (nothing before it), nor val / test
+
+
+def test_prefix_targets_are_what_sasrec_trains_on_each_in_one_window(data):
+    """On a prepared split: the loss positions of all `prefix` windows are exactly SASRec's training targets (every
+    position after the first of each user's training prefix), each once."""
+    from patchrec.baselines import _train_prefixes
+
+    store = SequenceStore(data)
+    lay = Layout(context=6, stride=5)
+    windows, is_target = plan_windows(store, lay, prefix=True)
+    got: list[int] = []
+    for w in range(len(windows)):
+        rows = window_rows(store, windows, np.array([w]), is_target, torch.zeros(N_ITEMS + 1, 8), torch.zeros(8), lay)
+        got += rows.targets.tolist()
+    want = [int(i) for seq in _train_prefixes(store) for i in seq[1:]]
+    assert sorted(got) == sorted(want)
+    assert len(want) > int(plan_windows(store, lay)[1].sum())  # more than the samples: the short prefixes count
+
+
+def test_prefix_targets_are_for_the_scoring_head_only():
+    from patchrec.config import TrainConfig
+
+    with pytest.raises(ValueError, match="scoring head only"):
+        TrainConfig(stage="pft", layout="item", targets="prefix")

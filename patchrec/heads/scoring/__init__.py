@@ -42,7 +42,7 @@ class ScoringObjective:
 
     def __init__(self, store: SequenceStore, cfg: TrainConfig):
         self.store, self.cfg, self.layout = store, cfg, Layout.of(cfg)
-        self.windows, self.is_target = plan_windows(store, self.layout)
+        self.windows, self.is_target = plan_windows(store, self.layout, prefix=cfg.targets == "prefix")
         if not len(self.windows):
             raise ValueError("no training window: the train split has no targets")
 

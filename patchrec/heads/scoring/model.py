@@ -86,22 +86,41 @@ class Windows:
         return len(self.row)
 
 
-def _target_mask(store: SequenceStore, split: str) -> np.ndarray:
-    """(total items,) bool: the item at this flat position is a target of `split`."""
-    mask = np.zeros(len(store.flat), dtype=bool)
+def _sample_positions(store: SequenceStore, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, flat positions) of the samples of `split`."""
     idx = store.indices(split)
     rows = np.fromiter((store.row_of_user[int(u)] for u in store.sample_user[idx]), dtype=np.int64, count=len(idx))
-    mask[store.offsets[rows] + store.sample_pos[idx]] = True
+    return rows, store.offsets[rows] + store.sample_pos[idx]
+
+
+def _target_mask(store: SequenceStore, split: str, prefix: bool = False) -> np.ndarray:
+    """(total items,) bool: the item at this flat position is a target of `split`. `prefix`: also every earlier
+    position of the same user from its second item on (those with fewer than min_history earlier items), except
+    positions that are samples of another split: the training prefix SASRec learns from."""
+    mask = np.zeros(len(store.flat), dtype=bool)
+    rows, flat = _sample_positions(store, split)
+    mask[flat] = True
+    if prefix and len(rows):
+        last = np.full(len(store.offsets) - 1, -1, dtype=np.int64)
+        np.maximum.at(last, rows, flat)
+        has = np.flatnonzero(last >= 0)
+        lengths = last[has] - store.offsets[has]  # positions 1..last of each row
+        starts = np.repeat(store.offsets[has] + 1, lengths)
+        mask[starts + np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = True
+        for other in set(np.unique(store.sample_split).tolist()) - {split}:
+            mask[_sample_positions(store, other)[1]] = False
     return mask
 
 
-def plan_windows(store: SequenceStore, layout: Layout, split: str = "train") -> tuple[Windows, np.ndarray]:
-    """Every window holding at least one target of `split`, and the flat target mask.
+def plan_windows(store: SequenceStore, layout: Layout, split: str = "train",
+                 prefix: bool = False) -> tuple[Windows, np.ndarray]:
+    """Every window holding at least one target of `split` (`prefix`: of its training prefix, `_target_mask`),
+    and the flat target mask.
 
     Returns:
-        The windows, and a bool array over the store's flat items: True where the item is a `split` target.
+        The windows, and a bool array over the store's flat items: True where the item is a target.
     """
-    is_target = _target_mask(store, split)
+    is_target = _target_mask(store, split, prefix)
     cols: list[tuple[int, int, int, int, int]] = []
     for row in range(len(store.offsets) - 1):
         s, e = int(store.offsets[row]), int(store.offsets[row + 1])
