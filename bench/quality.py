@@ -95,6 +95,9 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm})},
         "Scoring, cosine + title skip, 8 layers, prefix targets": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix"})},
+        "Scoring, cosine + title skip, 8 layers, prefix targets, no self-skip": {
+            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
+                                               "skip_self": False})},
         "Scoring, cosine + title-patch skip, 8 layers": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "title_skip": "title", "layers": short_lm})},
         "Scoring, cosine + both skips, 8 layers": {
@@ -113,6 +116,13 @@ COMPARISONS = [
      "sasrec"),
     ("prefix targets (as SASRec trains) vs train samples (8 layers)",
      "Scoring, cosine + title skip, 8 layers, prefix targets", "Scoring, cosine + title skip, 8 layers"),
+    ("text levers, 8 layers, prefix targets, no self-skip vs SASRec",
+     "Scoring, cosine + title skip, 8 layers, prefix targets, no self-skip", "sasrec"),
+    ("no self-skip (the skip lifts items like the newest one, not itself; prefix targets, 8 layers)",
+     "Scoring, cosine + title skip, 8 layers, prefix targets, no self-skip",
+     "Scoring, cosine + title skip, 8 layers, prefix targets"),
+    ("prefix targets + no self-skip vs the text levers (8 layers)",
+     "Scoring, cosine + title skip, 8 layers, prefix targets, no self-skip", "Scoring, cosine + title skip, 8 layers"),
     ("title-patch skip, 8 layers vs SASRec", "Scoring, cosine + title-patch skip, 8 layers", "sasrec"),
     ("both skips, 8 layers vs SASRec", "Scoring, cosine + both skips, 8 layers", "sasrec"),
     ("both skips vs the title-patch skip (8 layers)", "Scoring, cosine + both skips, 8 layers",

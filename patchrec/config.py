@@ -190,6 +190,9 @@ class TrainConfig(_Frozen):
         "learned item vectors, `title`: between the fixed title patches (the zero-training text prior stays intact "
         "however far the correction moves), `both`: one learned weight for each (half each at start). true = item, "
         "false = off")
+    skip_self: bool = Field(True, description="scoring head, title_skip: the skip also lifts the newest history "
+                            "item itself (its cosine to itself is 1); false: only the items like it (a repeat is "
+                            "then the LM term's call)")
     item_decay: float = Field(0.0, ge=0, le=100, description="scoring head: decoupled weight decay of the per-item "
                               "correction (keeps rarely trained and cold items near their title vector)")
     cold_keep_title: bool = Field(False, description="scoring head: items that are never a training target get no "

@@ -93,6 +93,28 @@ def test_both_skips_add_one_weighted_cosine_each_and_start_as_either_alone(data)
         torch.testing.assert_close(model.logits(h[None], row.prev, some)[0], want[some], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("skip", ["item", "both"])
+def test_without_skip_self_the_skip_lifts_the_items_like_the_newest_one_not_itself(data, skip):
+    """skip_self: false -> the newest history item (2) gets the LM term alone; every other item the same score as
+    with the skip on itself (full catalog, sampled candidates, a chunk of the catalog)."""
+    spec = _spec(**{**TEXT, "title_skip": skip}, temperature=0.1)
+    _, _, model = _model(data, spec)
+    _, _, alone = _model(data, _spec(**{**TEXT, "title_skip": skip, "skip_self": False}, temperature=0.1))
+    alone.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        row, with_self, h, v, _ = _scored(model)
+        got = alone.last_scores(row)[0]
+        others = torch.arange(len(got)) != 2
+        torch.testing.assert_close(got[others], with_self[others], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got[2], (v[2] @ (h / h.norm())) / 0.1, rtol=1e-4, atol=1e-4)
+        assert float(with_self[2] - got[2]) == pytest.approx(float(sum(w for w in (model.title_skip,
+                                                                                   model.title_patch_skip)
+                                                                       if w is not None)) / 0.1, rel=1e-4)
+        some = torch.tensor([7, 2, 0])
+        torch.testing.assert_close(alone.logits(h[None], row.prev, some)[0], got[some], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(alone.logits(h[None], row.prev, slice(1, 5))[0], got[1:5], rtol=1e-4, atol=1e-4)
+
+
 def test_a_boolean_title_skip_means_the_item_space_one():
     assert _cfg(**{**TEXT, "title_skip": True}).title_skip == "item"
     assert _cfg(score="cosine", title_skip=False).title_skip == "off"

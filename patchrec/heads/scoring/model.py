@@ -289,11 +289,13 @@ class ScoringModel(nn.Module):
             the item vectors ("item"), the fixed title patches ("title"), or both with a weight each ("both"; half
             each at start, so the first scores equal the single skips').
         groups: (N,) title group of every item, for `mask_same_title` (None: no masking).
+        skip_self: the skip also scores the newest history item itself (its cosine to itself is 1); False: the
+            skip adds nothing to that one item, so title similarity lifts the items like it, not the item itself.
     """
 
     def __init__(self, lm: nn.Module, patches: Tensor, start_id: int, correction: bool = True,
                  score: str = "dot", temperature: float = 0.07, title_skip: str = "off",
-                 groups: Tensor | None = None):
+                 groups: Tensor | None = None, skip_self: bool = True):
         super().__init__()
         self.lm = lm
         self.register_buffer("patches", patches.detach().clone(), persistent=False)
@@ -306,6 +308,7 @@ class ScoringModel(nn.Module):
         self.title_skip = nn.Parameter(torch.full((), 0.5 if both else 1.0)) if title_skip != "off" else None
         self.title_patch_skip = nn.Parameter(torch.full((), 0.5)) if both else None
         self.skip_on_titles = title_skip == "title"
+        self.skip_self = skip_self
         self.register_buffer("title_units", nn.functional.normalize(self.patches.float() - self.centre, dim=-1)
                              if title_skip in ("title", "both") else None, persistent=False)
         self.start_id, self.score, self.temperature = start_id, score, temperature
@@ -333,7 +336,9 @@ class ScoringModel(nn.Module):
             return h @ cand.T
         scores = nn.functional.normalize(h, dim=-1) @ cand.T
         if self.title_skip is not None and prev is not None:
-            has = (prev >= 0).to(scores.dtype)[:, None]
+            has = (prev >= 0).to(scores.dtype)[:, None]  # (n, 1)
+            if not self.skip_self:  # the newest item's cosine to itself (1) is no evidence that it comes next
+                has = has * (self._candidate_ids(items, cand.shape[0], prev.device)[None, :] != prev[:, None])
             last = prev.clamp(min=0)
             for weight, space in ((self.title_skip, self.title_units if self.skip_on_titles else out),
                                   (self.title_patch_skip, self.title_units)):
@@ -341,6 +346,14 @@ class ScoringModel(nn.Module):
                     other = space if items is None else space[items]
                     scores = scores + weight * has * (space[last] @ other.T)
         return scores / self.temperature
+
+    @staticmethod
+    def _candidate_ids(items: Tensor | slice | None, n: int, dev: torch.device) -> Tensor:
+        """(n,) the catalog index of every scored candidate."""
+        if isinstance(items, Tensor):
+            return items
+        first = 0 if items is None else (items.start or 0)
+        return torch.arange(first, first + n, device=dev)
 
     def start(self) -> Tensor:
         """(D,): the embedding of the token that opens every row. Under LoRA it is a trainable row of PEFT's
@@ -453,7 +466,7 @@ def scoring_model(lm: nn.Module, cfg: TrainConfig, new_tokens: list[int], catalo
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
     model = ScoringModel(lm, patches, new_tokens[0], cfg.item_correction, cfg.score, cfg.temperature,
-                         cfg.title_skip, title_groups(catalog) if cfg.mask_same_title else None)
+                         cfg.title_skip, title_groups(catalog) if cfg.mask_same_title else None, cfg.skip_self)
     model.bf16_weights = cfg.finetune == "lora" and use_bf16(cfg.bf16)
     model.compile_lm = cfg.compile_lm
     return model
