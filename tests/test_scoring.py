@@ -113,11 +113,12 @@ def test_packed_windows_train_exactly_as_padded_ones(data):
         torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_a_compiled_training_step_equals_the_eager_one(data):
+@pytest.mark.parametrize("skip_self", [True, False])
+def test_a_compiled_training_step_equals_the_eager_one(data, skip_self):
     """`compile_lm`: training steps run a torch.compile'd body and loss with the same loss and gradients (two packed
     batches of different shapes: dynamic shapes); ranking (eval mode) keeps the plain body; the compiled twin is
     not part of the state dict."""
-    spec = _spec(**TEXT)
+    spec = _spec(**TEXT, skip_self=skip_self)
     _, _, model = _model(data, spec)
     store = SequenceStore(data)
     lay = Layout.of(spec.train)
