@@ -19,7 +19,8 @@ of the hidden state and the mean-centred item vector over a fixed temperature, p
 weight times the cosine between the newest history item and each item (of their item vectors, or with
 `title_skip: title` of their fixed title patches, or both with a weight each): a skip connection around the
 LM, so title similarity (sequels, series, same author) ranks items from the first step, cold ones included, and
-the LM learns what the titles miss. Training uses a full softmax over the catalog, or a sampled one (the batch's
+the LM learns what the titles miss (`skip_self: false`: the newest item itself gets no skip, only the items like
+it). Training uses a full softmax over the catalog, or a sampled one (the batch's
 targets + uniform negatives) for catalogs too large for it; `mask_same_title` drops the other items with the
 target's title from its negatives (a correct title is not punished).
 """
