@@ -35,7 +35,7 @@ from patchrec.data.prepare import prepare_data
 from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.metrics import bootstrap_ci, by_history_length, paired_bootstrap_diff, summarize_ranks
 from patchrec.evaluation.result import EvalResult, read_ranks, read_result
-from patchrec.io import write_json
+from patchrec.io import read_json, write_json
 from patchrec.profiles import PROJECT_ROOT, SCORING_RECIPE
 from patchrec.runtime import RunSpec
 from patchrec.stages import baseline_into, data_record, evaluate_into, train_into
@@ -229,7 +229,8 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
     mcfg = ModelConfig(base=base, cache_dir=work / "models")
     sample_eval = EvalConfig(split="test", max_samples=test_samples or None)
     all_eval = EvalConfig(split="test", max_samples=None)
-    report: dict[str, Any] = {"profile": profile, "budget_seconds": seconds, "lr": lr, "base": base,
+    report: dict[str, Any] = {"profile": profile, "protocol": read_json(data.dir / "splits.json")["protocol"],
+                              "budget_seconds": seconds, "lr": lr, "base": base,
                               "keep_best": keep_best, "test_samples": test_samples or "all",
                               "scoring_batch": scoring_batch,
                               "machine": {**machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())},

@@ -151,6 +151,11 @@ def _comparison_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+_PROTOCOLS = {"paper": "Paper protocol (a global chronological split of the targets)",
+              "given": "The source's own split (patchrec-paper data: the paper's global chronological split)",
+              "loo": "Leave-one-out (each user's last item test, second-last val)"}
+
+
 def write_report(report: dict[str, Any], path: Path) -> Path:
     path = Path(path)
     plots = _plots(report, path.parent / "quality", path.stem)  # named after the report: reports never share plots
@@ -164,7 +169,8 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
              f"{report['reused_stages']} of {report['stages']} stages from an earlier one with the same settings. "
              f"Command:", "",
              f"    {report['command']}", "",
-             f"Paper protocol (the authors' split, full catalog, exact item id, first rank, no masking). Every LLM "
+             f"{_PROTOCOLS.get(report.get('protocol', 'paper'), report.get('protocol'))} (full catalog, exact item "
+             f"id, first rank, no masking). Every LLM "
              f"variant ({report['base']}) trains for **{report['budget_seconds']:.0f} seconds of wall-clock time** "
              f"on this machine (PPT -> PFT: half each); scoring-head variants rank every test target, generative "
              f"variants a fixed random sample of {report['test_samples']} (beam search); each row says how many. "
