@@ -234,8 +234,6 @@ class TrainConfig(_Frozen):
             raise ValueError("keep_best selects among validation probes: set curve_every_s too")
         if self.title_skip != "off" and self.score != "cosine":
             raise ValueError("title_skip adds a cosine similarity: set score='cosine' too")
-        if self.targets != "samples" and self.head != "scoring":
-            raise ValueError("targets='prefix' trains every prefix position in one pass: the scoring head only")
         if self.stage not in _HEAD_STAGES[self.head]:
             raise ValueError(f"the {self.head} head trains in stage(s) {sorted(_HEAD_STAGES[self.head])}, not "
                              f"{self.stage!r}")

@@ -228,10 +228,3 @@ def test_prefix_targets_are_what_sasrec_trains_on_each_in_one_window(data):
     want = [int(i) for seq in _train_prefixes(store) for i in seq[1:]]
     assert sorted(got) == sorted(want)
     assert len(want) > int(plan_windows(store, lay)[1].sum())  # more than the samples: the short prefixes count
-
-
-def test_prefix_targets_are_for_the_scoring_head_only():
-    from patchrec.config import TrainConfig
-
-    with pytest.raises(ValueError, match="scoring head only"):
-        TrainConfig(stage="pft", layout="item", targets="prefix")
