@@ -36,7 +36,7 @@ from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.metrics import bootstrap_ci, by_history_length, paired_bootstrap_diff, summarize_ranks
 from patchrec.evaluation.result import EvalResult, read_ranks, read_result
 from patchrec.io import read_json, write_json
-from patchrec.profiles import PROJECT_ROOT, SCORING_RECIPE
+from patchrec.profiles import PROJECT_ROOT, SCORING_RECIPE, TEXT_LEVERS
 from patchrec.runtime import RunSpec
 from patchrec.stages import baseline_into, data_record, evaluate_into, train_into
 from patchrec.training import StageResult
@@ -56,11 +56,6 @@ PROFILES = {
 }
 REFERENCE = {"ml-1m": {"sasrec": {"hr_20": 0.148, "ndcg_20": 0.056}, "popularity": {"hr_20": 0.038, "ndcg_20": 0.014}},
              "ml-100k": {"sasrec": {"hr_20": 0.14}}}
-
-
-# the text levers of the scoring head (docs/ablations.md): cosine scores, the title-similarity skip, never-target
-# items kept on their title vector, same-title items not negatives
-TEXT_LEVERS = {"score": "cosine", "title_skip": True, "cold_keep_title": True, "mask_same_title": True}
 
 
 def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 8,
