@@ -93,6 +93,12 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
         "Scoring, cosine + title skip, 8 layers, prefix targets, no self-skip": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
                                                "skip_self": False})},
+        "Scoring, text recipe, LoRA dropout 0.1 + item decay 1": {
+            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
+                                               "skip_self": False, "lora_dropout": 0.1, "item_decay": 1.0})},
+        "Scoring, text recipe, lr 3e-4": {
+            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
+                                               "skip_self": False, "lr": 3e-4})},
         "Scoring, cosine + title-patch skip, 8 layers": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "title_skip": "title", "layers": short_lm})},
         "Scoring, cosine + both skips, 8 layers": {
@@ -118,6 +124,13 @@ COMPARISONS = [
      "Scoring, cosine + title skip, 8 layers, prefix targets"),
     ("prefix targets + no self-skip vs the text levers (8 layers)",
      "Scoring, cosine + title skip, 8 layers, prefix targets, no self-skip", "Scoring, cosine + title skip, 8 layers"),
+    ("text recipe + LoRA dropout 0.1 + item decay 1 vs SASRec", "Scoring, text recipe, LoRA dropout 0.1 + item decay 1",
+     "sasrec"),
+    ("text recipe, lr 3e-4 vs SASRec", "Scoring, text recipe, lr 3e-4", "sasrec"),
+    ("LoRA dropout 0.1 + item decay 1 vs the text recipe", "Scoring, text recipe, LoRA dropout 0.1 + item decay 1",
+     "Scoring, cosine + title skip, 8 layers, prefix targets, no self-skip"),
+    ("lr 3e-4 vs 1e-3 (text recipe)", "Scoring, text recipe, lr 3e-4",
+     "Scoring, cosine + title skip, 8 layers, prefix targets, no self-skip"),
     ("title-patch skip, 8 layers vs SASRec", "Scoring, cosine + title-patch skip, 8 layers", "sasrec"),
     ("both skips, 8 layers vs SASRec", "Scoring, cosine + both skips, 8 layers", "sasrec"),
     ("both skips vs the title-patch skip (8 layers)", "Scoring, cosine + both skips, 8 layers",
