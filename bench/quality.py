@@ -99,6 +99,14 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
         "Scoring, text recipe, lr 3e-4": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
                                                "skip_self": False, "lr": 3e-4})},
+        "Scoring, text recipe, regularised, lr 3e-4": {
+            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
+                                               "skip_self": False, "lora_dropout": 0.1, "item_decay": 1.0,
+                                               "lr": 3e-4})},
+        "Scoring, text recipe, LoRA dropout 0.2 + item decay 3, lr 3e-4": {
+            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
+                                               "skip_self": False, "lora_dropout": 0.2, "item_decay": 3.0,
+                                               "lr": 3e-4})},
         "Scoring, cosine + title-patch skip, 8 layers": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "title_skip": "title", "layers": short_lm})},
         "Scoring, cosine + both skips, 8 layers": {
@@ -131,6 +139,11 @@ COMPARISONS = [
      "Scoring, cosine + title skip, 8 layers, prefix targets, no self-skip"),
     ("lr 3e-4 vs 1e-3 (text recipe)", "Scoring, text recipe, lr 3e-4",
      "Scoring, cosine + title skip, 8 layers, prefix targets, no self-skip"),
+    ("text recipe, regularised, lr 3e-4 vs SASRec", "Scoring, text recipe, regularised, lr 3e-4", "sasrec"),
+    ("regularised + lr 3e-4 vs lr 3e-4 alone", "Scoring, text recipe, regularised, lr 3e-4",
+     "Scoring, text recipe, lr 3e-4"),
+    ("dropout 0.2 + item decay 3 vs 0.1 + 1 (lr 3e-4)",
+     "Scoring, text recipe, LoRA dropout 0.2 + item decay 3, lr 3e-4", "Scoring, text recipe, regularised, lr 3e-4"),
     ("title-patch skip, 8 layers vs SASRec", "Scoring, cosine + title-patch skip, 8 layers", "sasrec"),
     ("both skips, 8 layers vs SASRec", "Scoring, cosine + both skips, 8 layers", "sasrec"),
     ("both skips vs the title-patch skip (8 layers)", "Scoring, cosine + both skips, 8 layers",
