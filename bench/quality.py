@@ -236,11 +236,12 @@ def _slice_metrics(ranks: pd.DataFrame, slices: dict[str, set[int]]) -> dict[str
 
 def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_samples: int, lr: float, base: str,
         sasrec_epochs: int, only: list[str] | None = None, keep_best: bool = True,
-        scoring_batch: int | None = None) -> dict[str, Any]:
+        scoring_batch: int | None = None, sasrec_seconds: float | None = None) -> dict[str, Any]:
     """Prepare `data_cfg` (reused when unchanged), train and rank every variant and baseline under `work`
     through the stage contract (folders named by fingerprints that include the data); stages finished by an
     earlier invocation are reused and counted in `reused_stages`. `scoring_batch`: windows per step of the
-    scoring-head variants (None: the recipe's)."""
+    scoring-head variants (None: the recipe's). `sasrec_seconds`: SASRec's wall-clock budget (None: to early
+    stopping)."""
     t_start = time.perf_counter()
     scoring_batch = scoring_batch or SCORING_RECIPE["batch_size"]
     prepare_data(data_cfg)
@@ -298,7 +299,7 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
         gc.collect()  # each variant loads its own model; free the last one before the next
     sampled = [ranks[n]["sample"].to_numpy() for n, v in report["variants"].items() if v["head"] == "generative"]
     llm_subset = sampled[0] if sampled else ranks[next(iter(report["variants"]))]["sample"].to_numpy()
-    sas = SASRecConfig(max_epochs=sasrec_epochs)
+    sas = SASRecConfig(max_epochs=sasrec_epochs, max_seconds=sasrec_seconds)
     for kind in ("popularity", "sasrec"):
         rec = baseline_into(lambda fp, k=kind: runs / f"baseline-{k}-{fp}", kind, data, sas)
         reused[rec.dir] = rec.reused
@@ -336,6 +337,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lr", type=float, default=5e-4, help="learning rate of the generative variants")
     parser.add_argument("--base", default="smollm2")
     parser.add_argument("--sasrec-epochs", type=int, default=200)
+    parser.add_argument("--sasrec-seconds", type=float, help="SASRec's wall-clock training budget (default: none, "
+                        "it trains to early stopping; give the LLM variants' --seconds for an equal budget)")
     parser.add_argument("--work", type=Path, default=PROJECT_ROOT / ".state" / "quality")
     parser.add_argument("--out", type=Path, help="JSON path (default bench/results/quality-<profile>.json)")
     parser.add_argument("--report", type=Path, help="markdown path (default docs/quality-<profile>.md)")
@@ -355,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data["raw"] = (PROJECT_ROOT / data["raw"]).resolve()
     data_cfg = DataConfig(**data, out=args.work / "data" / args.profile)
     report = run(args.profile, data_cfg, args.work, seconds, test_samples, args.lr, args.base, args.sasrec_epochs,
-                 args.only, args.keep_best, args.scoring_batch)
+                 args.only, args.keep_best, args.scoring_batch, args.sasrec_seconds)
     report["command"] = "python -m bench.quality " + shlex.join(argv if argv is not None else sys.argv[1:])
     out = args.out or PROJECT_ROOT / "bench" / "results" / f"quality-{args.profile}.json"
     write_json(report, out)

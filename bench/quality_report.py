@@ -184,7 +184,9 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
         lines.append(_row(name, v, extra))
     for kind, b in report["baselines"].items():
         tr = b["train"]
-        extra = f"{tr['epochs']} epochs, {tr['seconds']:.0f} s" if tr else "counts of training targets"
+        extra = (f"{tr['epochs']} epochs, {tr['seconds']:.0f} s"
+                 + (" (stopped by its wall-clock budget)" if tr.get("stopped_by") == "budget" else "")
+                 if tr else "counts of training targets")
         lines.append(_row(f"{kind} ({b['all_test']['samples']} targets)", b["all_test"], extra))
         if any(v["head"] == "generative" for v in report["variants"].values()):
             lines.append(_row(f"{kind} (generative variants' sample)", b["llm_sample"], ""))

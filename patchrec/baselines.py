@@ -113,7 +113,10 @@ def _metrics(plain: np.ndarray, masked: np.ndarray, users: np.ndarray) -> dict[s
 
 def train_sasrec(store: SequenceStore, n_items: int, cfg: SASRecConfig, progress: bool = True,
                  device: str = "cpu") -> tuple[SASRec, dict[str, Any]]:
-    """Full-softmax SASRec with early stopping on validation NDCG@10; returns the best model and its log."""
+    """Full-softmax SASRec with early stopping on validation NDCG@10; returns the best model and its log.
+
+    With `cfg.max_seconds` the epoch that passes the budget ends at that batch, is validated, and is the last
+    (`stopped_by: "budget"`), so the baseline gets the same wall-clock budget as an LLM variant."""
     torch.manual_seed(cfg.seed)
     model = SASRec(n_items, cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -123,6 +126,7 @@ def train_sasrec(store: SequenceStore, n_items: int, cfg: SASRecConfig, progress
         val = np.sort(np.random.default_rng(cfg.seed).choice(val, cfg.val_samples, replace=False))
     rng = np.random.default_rng(cfg.seed)
     best, best_state, bad, log = -1.0, None, 0, []
+    stopped_by = "max_epochs"
     t0 = time.perf_counter()
     bar = None
     if progress:
@@ -151,8 +155,11 @@ def train_sasrec(store: SequenceStore, n_items: int, cfg: SASRecConfig, progress
                         bar.close()
                     raise stopping.Stopped(f"SASRec stopped by {signal.Signals(signum).name} in epoch {epoch + 1}; "
                                            "nothing of it is kept (a rerun trains it again)", signum)
+                if cfg.max_seconds is not None and time.perf_counter() - t0 >= cfg.max_seconds:
+                    stopped_by = "budget"
+                    break
             entry = {"epoch": epoch + 1, "loss": total / max(n, 1), "seconds": time.perf_counter() - t0}
-            if (epoch + 1) % cfg.eval_every == 0:
+            if (epoch + 1) % cfg.eval_every == 0 or stopped_by == "budget":
                 model.eval()
                 with torch.no_grad():
                     ranked, hists, targets = rank_split(
@@ -169,13 +176,16 @@ def train_sasrec(store: SequenceStore, n_items: int, cfg: SASRecConfig, progress
                 bar.update(1)
                 bar.set_postfix(loss=f"{entry['loss']:.3f}", val_ndcg10=f"{best:.4f}")
             if bad >= cfg.patience:
+                stopped_by = "patience"
+            if stopped_by != "max_epochs":
                 break
     if bar is not None:
         bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return model, {"epochs": len(log), "best_val_ndcg_10": best, "seconds": time.perf_counter() - t0, "log": log}
+    return model, {"epochs": len(log), "best_val_ndcg_10": best, "seconds": time.perf_counter() - t0,
+                   "stopped_by": stopped_by, "log": log}
 
 
 def evaluate_baseline(kind: Literal["popularity", "sasrec"], data_dir: Path, out_dir: Path, split: str = "test",

@@ -300,6 +300,8 @@ class SASRecConfig(_Frozen):
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0, le=10)
     max_epochs: int = Field(200, ge=1)
+    max_seconds: float | None = Field(None, gt=0, description="wall-clock training budget (validation included): "
+                                      "the epoch that passes it stops there, is validated and is the last")
     patience: int = Field(10, ge=1, description="stop after this many evaluations without a better val NDCG@10")
     eval_every: int = Field(1, ge=1)
     val_samples: int | None = Field(2000, ge=1, description="validation samples used for early stopping")

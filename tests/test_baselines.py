@@ -75,6 +75,22 @@ def test_sasrec_learns_the_stride_pattern(tiny_data, tmp_path):
     assert res.metrics["hr_10"] > pop.metrics["hr_10"] + 0.2
 
 
+def test_sasrec_stops_at_its_wall_clock_budget(tiny_data):
+    import pyarrow.parquet as pq
+
+    from patchrec.baselines import train_sasrec
+    from patchrec.data.sequences import SequenceStore
+
+    store = SequenceStore(tiny_data, max_history=20)
+    n_items = pq.read_metadata(tiny_data / "items.parquet").num_rows
+    cfg = SASRecConfig(hidden=16, layers=1, heads=1, max_len=20, batch_size=4, max_epochs=50, patience=50)
+    _, full = train_sasrec(store, n_items, cfg.model_copy(update={"max_epochs": 2}), progress=False)
+    assert (full["epochs"], full["stopped_by"]) == (2, "max_epochs")
+    _, short = train_sasrec(store, n_items, cfg.model_copy(update={"max_seconds": 1e-9}), progress=False)
+    # the budget is gone after the first batch: that epoch ends there, is validated, and is the last
+    assert (short["epochs"], short["stopped_by"]) == (1, "budget") and "val_ndcg_10" in short["log"][0]
+
+
 def test_every_model_writes_one_eval_schema(tiny_data, tmp_path):
     """eval.json was written in two places with different keys; ranks.parquet had masked_rank for baselines
     only. Now one writer: the same columns and a validated schema for a baseline and an LLM head."""
