@@ -107,6 +107,13 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
                                                "skip_self": False, "lora_dropout": 0.2, "item_decay": 3.0,
                                                "lr": 3e-4})},
+        "Scoring, text recipe, lr 3e-4, item bias": {
+            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
+                                               "skip_self": False, "lr": 3e-4, "item_bias": True})},
+        "Scoring, text recipe, lr 3e-4, item bias, item lr 1e-3": {
+            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
+                                               "skip_self": False, "lr": 3e-4, "item_bias": True,
+                                               "item_lr": 1e-3})},
         "Scoring, cosine + title-patch skip, 8 layers": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "title_skip": "title", "layers": short_lm})},
         "Scoring, cosine + both skips, 8 layers": {
@@ -144,6 +151,11 @@ COMPARISONS = [
      "Scoring, text recipe, lr 3e-4"),
     ("dropout 0.2 + item decay 3 vs 0.1 + 1 (lr 3e-4)",
      "Scoring, text recipe, LoRA dropout 0.2 + item decay 3, lr 3e-4", "Scoring, text recipe, regularised, lr 3e-4"),
+    ("text recipe, lr 3e-4, item bias vs SASRec", "Scoring, text recipe, lr 3e-4, item bias", "sasrec"),
+    ("text recipe, lr 3e-4, item bias, item lr 1e-3 vs SASRec",
+     "Scoring, text recipe, lr 3e-4, item bias, item lr 1e-3", "sasrec"),
+    ("item lr 1e-3 vs 3e-4 (text recipe, lr 3e-4, item bias)", "Scoring, text recipe, lr 3e-4, item bias, item lr 1e-3",
+     "Scoring, text recipe, lr 3e-4, item bias"),
     ("title-patch skip, 8 layers vs SASRec", "Scoring, cosine + title-patch skip, 8 layers", "sasrec"),
     ("both skips, 8 layers vs SASRec", "Scoring, cosine + both skips, 8 layers", "sasrec"),
     ("both skips vs the title-patch skip (8 layers)", "Scoring, cosine + both skips, 8 layers",

@@ -193,6 +193,9 @@ class TrainConfig(_Frozen):
     skip_self: bool = Field(True, description="scoring head, title_skip: the skip also lifts the newest history "
                             "item itself (its cosine to itself is 1); false: only the items like it (a repeat is "
                             "then the LM term's call)")
+    item_bias: bool = Field(False, description="scoring head: a learned per-item logit bias (zero at start): the "
+                            "popularity that a cosine score cannot express; it trains with item_lr and item_decay, "
+                            "and with cold_keep_title a never-target item's bias stays 0")
     item_decay: float = Field(0.0, ge=0, le=100, description="scoring head: decoupled weight decay of the per-item "
                               "correction (keeps rarely trained and cold items near their title vector)")
     cold_keep_title: bool = Field(False, description="scoring head: items that are never a training target get no "

@@ -115,6 +115,24 @@ def test_without_skip_self_the_skip_lifts_the_items_like_the_newest_one_not_itse
         torch.testing.assert_close(alone.logits(h[None], row.prev, slice(1, 5))[0], got[1:5], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("score", ["cosine", "dot"])
+def test_the_item_bias_adds_one_learned_logit_per_item(data, score):
+    """item_bias: scores = the same model's scores without it + b_i (full catalog, sampled candidates, a chunk)."""
+    text = TEXT if score == "cosine" else {"score": "dot"}
+    _, _, plain = _model(data, _spec(**text, temperature=0.1))
+    _, _, biased = _model(data, _spec(**text, temperature=0.1, item_bias=True))
+    assert biased.item_bias is not None and not biased.item_bias.detach().any()  # zero at start
+    biased.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        biased.item_bias.normal_(0, 1.0)
+        row, want, h, _, _ = _scored(plain)
+        got = biased.last_scores(row)[0]
+        torch.testing.assert_close(got, want + biased.item_bias, rtol=1e-4, atol=1e-4)
+        some = torch.tensor([7, 2, 0])
+        torch.testing.assert_close(biased.logits(h[None], row.prev, some)[0], got[some], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(biased.logits(h[None], row.prev, slice(1, 5))[0], got[1:5], rtol=1e-4, atol=1e-4)
+
+
 def test_a_boolean_title_skip_means_the_item_space_one():
     assert _cfg(**{**TEXT, "title_skip": True}).title_skip == "item"
     assert _cfg(score="cosine", title_skip=False).title_skip == "off"
@@ -147,9 +165,9 @@ def test_same_title_items_are_not_negatives(data):
 
 @pytest.mark.parametrize("hold", [True, False])
 def test_never_target_items_keep_their_title_vector(data, tmp_path, hold):
-    """With cold_keep_title the correction of an item that is never a train target stays exactly zero
-    (Adam and weight decay included); without it the softmax moves it."""
-    spec = _spec(**{**TEXT, "cold_keep_title": hold}, epochs=2, item_decay=0.1)
+    """With cold_keep_title the correction and the bias of an item that is never a train target stay exactly zero
+    (Adam and weight decay included); without it the softmax moves them."""
+    spec = _spec(**{**TEXT, "cold_keep_title": hold}, epochs=2, item_decay=0.1, item_bias=True)
     _, _, model = _model(data, spec)
     with torch.no_grad():
         model.item_delta.zero_()
@@ -158,9 +176,10 @@ def test_never_target_items_keep_their_title_vector(data, tmp_path, hold):
     fit(model.train(), objective, spec.train, tmp_path / "run", progress=False)
     never = np.setdiff1d(np.arange(model.patches.shape[0]), store.flat[objective.is_target])
     assert _key_of(data)[COLD] in never
-    delta = model.item_delta.detach()
-    assert bool((delta[never] == 0).all()) == hold
-    assert (delta[store.flat[objective.is_target]].abs().sum(1) > 0).all()
+    delta, bias = model.item_delta.detach(), model.item_bias.detach()
+    assert bool((delta[never] == 0).all()) == hold and bool((bias[never] == 0).all()) == hold
+    trained = store.flat[objective.is_target]
+    assert (delta[trained].abs().sum(1) > 0).all() and (bias[trained] != 0).all()
 
 
 def test_a_cosine_title_skip_model_learns_and_ranks_after_reload(data, tmp_path):

@@ -17,6 +17,7 @@ from patchrec.data.sequences import SequenceStore
 from patchrec.hardware import device, use_bf16
 from patchrec.heads.base import Ranking, Terms
 from patchrec.heads.scoring.model import (
+    ITEM_BIAS,
     ITEM_TABLE,
     Layout,
     ScoringModel,
@@ -58,12 +59,16 @@ class ScoringObjective:
         pass  # item patches stay those of the base embeddings; the learned correction carries the rest
 
     def _hold_cold(self, model: ScoringModel) -> None:
-        """Zero the correction's gradient rows of items that are never a train target: their Adam moments stay
-        zero, so they never move (weight decay of a zero row is zero too) and keep their title vector. The hook
-        multiplies by a 0/1 mask, so registering it again (a second `fit` of the same model) changes nothing."""
-        trained = torch.zeros(model.item_delta.shape[0], dtype=model.item_delta.dtype, device=model.item_delta.device)
+        """Zero the correction's (and the bias') gradient rows of items that are never a train target: their Adam
+        moments stay zero, so they never move (weight decay of a zero row is zero too) and keep their title vector
+        and a zero bias. The hook multiplies by a 0/1 mask, so registering it again (a second `fit` of the same
+        model) changes nothing."""
+        trained = torch.zeros(model.patches.shape[0], device=model.patches.device)
         trained[torch.from_numpy(self.store.flat[self.is_target].astype(np.int64)).to(trained.device)] = 1
-        model.item_delta.register_hook(lambda g: g * trained[:, None])
+        if model.item_delta is not None:
+            model.item_delta.register_hook(lambda g: g * trained.to(g.dtype)[:, None])
+        if model.item_bias is not None:
+            model.item_bias.register_hook(lambda g: g * trained.to(g.dtype))
 
     def loss(self, model, micro: np.ndarray, progress: float, generator: torch.Generator) -> Terms:
         rows = window_rows(self.store, self.windows, micro, self.is_target, model.item_vectors(), model.start(),
@@ -73,13 +78,13 @@ class ScoringObjective:
         return Terms(loss, n, n, rows.compressed)
 
     def param_groups(self, model, cfg: TrainConfig) -> list[dict[str, Any]]:
-        """The per-item correction gets `item_lr` and `item_decay` (and, with `cold_keep_title`, no update of the
-        rows of never-target items); the rest the stage's settings."""
+        """The per-item correction and bias get `item_lr` and `item_decay` (and, with `cold_keep_title`, no update
+        of the rows of never-target items); the rest the stage's settings."""
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        items = [p for n, p in named if n == ITEM_TABLE]
+        items = [p for n, p in named if n in (ITEM_TABLE, ITEM_BIAS)]
         if items and cfg.cold_keep_title:
             self._hold_cold(model)
-        groups: list[dict[str, Any]] = [{"params": [p for n, p in named if n != ITEM_TABLE]}]
+        groups: list[dict[str, Any]] = [{"params": [p for n, p in named if n not in (ITEM_TABLE, ITEM_BIAS)]}]
         if items:
             groups.append({"params": items, "lr": cfg.item_lr or cfg.lr, "weight_decay": cfg.item_decay})
         return groups

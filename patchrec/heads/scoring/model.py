@@ -20,9 +20,10 @@ weight times the cosine between the newest history item and each item (of their 
 `title_skip: title` of their fixed title patches, or both with a weight each): a skip connection around the
 LM, so title similarity (sequels, series, same author) ranks items from the first step, cold ones included, and
 the LM learns what the titles miss (`skip_self: false`: the newest item itself gets no skip, only the items like
-it). Training uses a full softmax over the catalog, or a sampled one (the batch's
-targets + uniform negatives) for catalogs too large for it; `mask_same_title` drops the other items with the
-target's title from its negatives (a correct title is not punished).
+it). `item_bias` adds a learned per-item logit (zero at start) to either score. Training uses a full softmax
+over the catalog, or a sampled one (the batch's targets + uniform negatives) for catalogs too large for it;
+`mask_same_title` drops the other items with the target's title from its negatives (a correct title is not
+punished).
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ from patchrec.hardware import use_bf16
 from patchrec.model import attach_trainable
 from patchrec.patching import CatalogTable, item_patches, pool_units
 
-__all__ = ["ITEM_TABLE", "Layout", "Rows", "ScoringModel", "Windows", "assemble_rows", "catalog_loss", "history_row",
-           "pack_rows", "packed_layout", "plan_windows", "scoring_model", "title_groups", "truncate_layers",
-           "window_rows"]
+__all__ = ["ITEM_BIAS", "ITEM_TABLE", "Layout", "Rows", "ScoringModel", "Windows", "assemble_rows", "catalog_loss",
+           "history_row", "pack_rows", "packed_layout", "plan_windows", "scoring_model", "title_groups",
+           "truncate_layers", "window_rows"]
 
 ITEM_TABLE = "item_delta"  # the parameter name of the learned per-item correction
+ITEM_BIAS = "item_bias"  # the parameter name of the learned per-item logit bias
 
 
 @dataclass(frozen=True)
@@ -292,17 +294,19 @@ class ScoringModel(nn.Module):
         groups: (N,) title group of every item, for `mask_same_title` (None: no masking).
         skip_self: the skip also scores the newest history item itself (its cosine to itself is 1); False: the
             skip adds nothing to that one item, so title similarity lifts the items like it, not the item itself.
+        item_bias: learn a per-item logit bias (zero at start), added after the temperature.
     """
 
     def __init__(self, lm: nn.Module, patches: Tensor, start_id: int, correction: bool = True,
                  score: str = "dot", temperature: float = 0.07, title_skip: str = "off",
-                 groups: Tensor | None = None, skip_self: bool = True):
+                 groups: Tensor | None = None, skip_self: bool = True, item_bias: bool = False):
         super().__init__()
         self.lm = lm
         self.register_buffer("patches", patches.detach().clone(), persistent=False)
         self.register_buffer("centre", patches.detach().float().mean(0), persistent=False)
         self.register_buffer("groups", None if groups is None else groups.clone(), persistent=False)
         self.item_delta = nn.Parameter(torch.zeros_like(self.patches)) if correction else None
+        self.item_bias = nn.Parameter(torch.zeros(self.patches.shape[0])) if item_bias else None
         # the skip's weight, in units of the LM term's (1 at start: title similarity and LM count alike); with
         # "both", `title_skip` weighs the item-vector cosine and `title_patch_skip` the title-patch one
         both = title_skip == "both"
@@ -333,8 +337,9 @@ class ScoringModel(nn.Module):
         out = self.output_vectors() if out is None else out
         cand = out if items is None else out[items]
         h = h.float()
+        bias = None if self.item_bias is None else (self.item_bias if items is None else self.item_bias[items])
         if self.score == "dot":
-            return h @ cand.T
+            return h @ cand.T if bias is None else h @ cand.T + bias
         scores = nn.functional.normalize(h, dim=-1) @ cand.T
         if self.title_skip is not None and prev is not None:
             has = (prev >= 0).to(scores.dtype)[:, None]  # (n, 1)
@@ -346,7 +351,7 @@ class ScoringModel(nn.Module):
                 if weight is not None:
                     other = space if items is None else space[items]
                     scores = scores + weight * has * (space[last] @ other.T)
-        return scores / self.temperature
+        return scores / self.temperature if bias is None else scores / self.temperature + bias
 
     @staticmethod
     def _candidate_ids(items: Tensor | slice | None, n: int, dev: torch.device) -> Tensor:
@@ -467,7 +472,8 @@ def scoring_model(lm: nn.Module, cfg: TrainConfig, new_tokens: list[int], catalo
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
     model = ScoringModel(lm, patches, new_tokens[0], cfg.item_correction, cfg.score, cfg.temperature,
-                         cfg.title_skip, title_groups(catalog) if cfg.mask_same_title else None, cfg.skip_self)
+                         cfg.title_skip, title_groups(catalog) if cfg.mask_same_title else None, cfg.skip_self,
+                         cfg.item_bias)
     model.bf16_weights = cfg.finetune == "lora" and use_bf16(cfg.bf16)
     model.compile_lm = cfg.compile_lm
     return model
