@@ -127,7 +127,7 @@ def _stage(spec: FileSpec, cfg: DataConfig, cache: Path, sha: str, work: Path) -
         params["encoding"] = "utf-8"  # the copy was re-encoded
     if spec.parse_rejects:
         params["max_line_bytes"] = cfg.max_line_bytes
-    con = connect(cfg.memory_limit, temp_dir=cache / "spill")
+    con = connect(cfg.memory_limit, temp_dir=cache / "spill")  # its own: the reject tables are per connection
     try:
         write_parquet(relation(con, spec.sql, **params), staged, _SCRATCH)
         parsed = (
@@ -158,8 +158,9 @@ def _stage(spec: FileSpec, cfg: DataConfig, cache: Path, sha: str, work: Path) -
 def _rejects(parsed: pa.Table, scan: LineScan | None, name: str) -> pa.Table:
     """The parser's rejected lines (renumbered to the original file) plus the lines rejected by the scan."""
     parsed = parsed.select(_REJECT_SCHEMA.names).cast(_REJECT_SCHEMA)
-    if scan is None:
-        return parsed
+    if scan is None or not (scan.rejects or (scan.dropped and parsed.num_rows)):
+        # nothing to renumber or add (and no list conversion: pyarrow imports pandas for it)
+        return parsed.sort_by("line") if parsed.num_rows else parsed
     lines = [original_line(n, scan.dropped) for n in parsed.column("line").to_pylist()]
     parsed = parsed.set_column(1, "line", pa.array(lines, pa.int64()))
     early = pa.table({"source_file": [name] * len(scan.rejects), "line": [r[0] for r in scan.rejects],
@@ -241,14 +242,19 @@ def ingest(cfg: DataConfig, folder: Path, previous: Path | None, progress: bool 
         for keys in ("user_keys.parquet", "item_keys.parquet"):
             if (old_state / keys).exists():
                 shutil.copyfile(old_state / keys, folder / "_state" / keys)
-    _build(cfg, manifest, cache, folder, report)
+    con = connect(cfg.memory_limit, temp_dir=cache / "spill")
+    try:
+        _build(con, cfg, manifest, cache, folder, report)
+    finally:
+        con.close()
     write_json({"files": manifest}, folder / "_state" / "manifest.json")
     report.seconds = round(time.perf_counter() - t0, 3)
     write_json(report.to_dict(), folder / "ingest.json")
     return report
 
 
-def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path, out: Path, report: IngestReport) -> None:
+def _build(con: duckdb.DuckDBPyConnection, cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path,
+           out: Path, report: IngestReport) -> None:
     """Rebuild the canonical tables in `out` from every staged file."""
     traits = format_traits(cfg)
     state = out / "_state"
@@ -259,58 +265,54 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path, ou
         return [str(cache / "staged" / f"{m['sha256']}.parquet") for m in manifest.values() if m["role"] == role]
 
     rejects = [str(cache / "rejects" / f"{m['sha256']}.parquet") for m in manifest.values()]
-    con = connect(cfg.memory_limit, temp_dir=cache / "spill")
-    try:
-        catalog = write_parquet(
-            relation(con, "int_catalog", staged=staged("items")), work / "catalog.parquet", _SCRATCH
-        )
-        interactions = staged("interactions")
-        if traits.windows:
-            interactions = [str(rebuild_windows([Path(p) for p in interactions], work / "windows.parquet"))]
-        if keymaps := staged("item_map"):
-            interactions = [
-                str(
-                    write_parquet(
-                        relation(con, "int_remap_items", path=p, keymap=keymaps), work / f"mapped{i}.parquet", _SCRATCH
-                    )
+    catalog = write_parquet(
+        relation(con, "int_catalog", staged=staged("items")), work / "catalog.parquet", _SCRATCH
+    )
+    interactions = staged("interactions")
+    if traits.windows:
+        interactions = [str(rebuild_windows([Path(p) for p in interactions], work / "windows.parquet"))]
+    if keymaps := staged("item_map"):
+        interactions = [
+            str(
+                write_parquet(
+                    relation(con, "int_remap_items", path=p, keymap=keymaps), work / f"mapped{i}.parquet", _SCRATCH
                 )
-                for i, p in enumerate(interactions)
-            ]
-        events = write_parquet(
-            relation(con, "int_events", staged=interactions, catalog=str(catalog), numeric_ids=traits.numeric_ids,
-                     has_time=traits.has_time, min_ts=_min_ts(cfg), max_ts=time.time() + cfg.max_future_days * 86400.0,
-                     min_rating=cfg.min_rating, max_abs_rating=cfg.max_abs_rating),
-            work / "events.parquet", _SCRATCH,
-        )
-        ev = dict(relation(con, "report_status_counts", path=str(events)).fetchall())
-        kept, n_kept = _kcore(con, events, ev.get("kept", 0), cfg.kcore, work)
-        user_keys, item_keys = state / "user_keys.parquet", state / "item_keys.parquet"
-        _empty_keys(user_keys)
-        _empty_keys(item_keys)
-        new_users = write_parquet(
-            relation(con, "int_keys", previous=str(user_keys), keys_from=str(kept), key_col="user_key"),
-            work / "user_keys.parquet",
-        )
-        new_items = write_parquet(
-            relation(con, "int_keys", previous=str(item_keys), keys_from=str(catalog), key_col="item_key"),
-            work / "item_keys.parquet",
-        )
-        shutil.move(new_users, user_keys)
-        shutil.move(new_items, item_keys)
+            )
+            for i, p in enumerate(interactions)
+        ]
+    events = write_parquet(
+        relation(con, "int_events", staged=interactions, catalog=str(catalog), numeric_ids=traits.numeric_ids,
+                 has_time=traits.has_time, min_ts=_min_ts(cfg), max_ts=time.time() + cfg.max_future_days * 86400.0,
+                 min_rating=cfg.min_rating, max_abs_rating=cfg.max_abs_rating),
+        work / "events.parquet", _SCRATCH,
+    )
+    ev = dict(relation(con, "report_status_counts", path=str(events)).fetchall())
+    kept, n_kept = _kcore(con, events, ev.get("kept", 0), cfg.kcore, work)
+    user_keys, item_keys = state / "user_keys.parquet", state / "item_keys.parquet"
+    _empty_keys(user_keys)
+    _empty_keys(item_keys)
+    new_users = write_parquet(
+        relation(con, "int_keys", previous=str(user_keys), keys_from=str(kept), key_col="user_key"),
+        work / "user_keys.parquet",
+    )
+    new_items = write_parquet(
+        relation(con, "int_keys", previous=str(item_keys), keys_from=str(catalog), key_col="item_key"),
+        work / "item_keys.parquet",
+    )
+    shutil.move(new_users, user_keys)
+    shutil.move(new_items, item_keys)
 
-        write_parquet(
-            relation(con, "mart_items", catalog=str(catalog), item_keys=str(item_keys)), out / "items.parquet"
-        )
-        inter = write_parquet(relation(con, "mart_interactions", events=str(kept), user_keys=str(user_keys),
-                                       item_keys=str(item_keys)), out / "interactions.parquet")
-        write_parquet(
-            relation(con, "mart_users", user_keys=str(user_keys), interactions=str(inter)), out / "users.parquet"
-        )
-        write_parquet(relation(con, "mart_quarantine", parse_rejects=rejects, catalog=str(catalog), events=str(events)),
-                      out / "quarantine.parquet")
-        cat = dict(relation(con, "report_status_counts", path=str(catalog)).fetchall())
-    finally:
-        con.close()
+    write_parquet(
+        relation(con, "mart_items", catalog=str(catalog), item_keys=str(item_keys)), out / "items.parquet"
+    )
+    inter = write_parquet(relation(con, "mart_interactions", events=str(kept), user_keys=str(user_keys),
+                                   item_keys=str(item_keys)), out / "interactions.parquet")
+    write_parquet(
+        relation(con, "mart_users", user_keys=str(user_keys), interactions=str(inter)), out / "users.parquet"
+    )
+    write_parquet(relation(con, "mart_quarantine", parse_rejects=rejects, catalog=str(catalog), events=str(events)),
+                  out / "quarantine.parquet")
+    cat = dict(relation(con, "report_status_counts", path=str(catalog)).fetchall())
 
     parse_rejected = {role: sum(m["rows_rejected"] for m in manifest.values() if m["role"] == role)
                       for role in ("interactions", "items")}
