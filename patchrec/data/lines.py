@@ -80,8 +80,9 @@ def literal_to_json(line: bytes, encoding: str = "utf-8") -> bytes | None:
 
 
 CHUNK_BYTES = 8 << 20  # the scan reads whole lines in chunks of about this size
-# An empty or whitespace-only line (bytes.strip's whitespace, without the newline) in a chunk of whole lines.
-_BLANK = re.compile(rb"(?:^|\n)[ \t\r\x0b\x0c]*(?:\n|\Z)")
+# An empty or whitespace-only line (bytes.strip's whitespace) after the first line of a chunk of whole lines (a
+# pattern that starts with a literal newline: the regex engine jumps from newline to newline).
+_BLANK = re.compile(rb"\n[ \t\r\x0b\x0c]*(?:\n|\Z)")
 
 
 def scan_lines(
@@ -136,16 +137,23 @@ def _scan_chunk(scan: LineScan, no: int, chunk: bytes, q: bytes, quote: str, enc
     clean = (
         (not quote or q not in text)
         and (not python_dicts or b"{" not in text)
-        and text.count(b"\r") == text.count(b"\r\n") + text.endswith(b"\r")
-        and (empty_reason is None or _BLANK.search(text) is None)
+        and (b"\r" not in text or text.count(b"\r") == text.count(b"\r\n") + text.endswith(b"\r"))
+        and (empty_reason is None or not _has_blank(text))
     )
     if clean:
-        scan.data_lines += text.count(b"\n") + 1
-        return no + text.count(b"\n") + 1
+        lines = text.count(b"\n") + 1
+        scan.data_lines += lines
+        return no + lines
     for line in text.split(b"\n"):
         no += 1
         _check(scan, no, line.rstrip(b"\r\n"), quote, encoding, empty_reason, python_dicts)
     return no
+
+
+def _has_blank(text: bytes) -> bool:
+    """Whether the lines in `text` (newline-separated, no final newline) include an empty or blank one."""
+    end = text.find(b"\n")
+    return not (text if end < 0 else text[:end]).strip() or _BLANK.search(text) is not None
 
 
 def _check(scan: LineScan, no: int, body: bytes | str, quote: str, encoding: str, empty_reason: str | None,
