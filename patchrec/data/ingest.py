@@ -242,19 +242,14 @@ def ingest(cfg: DataConfig, folder: Path, previous: Path | None, progress: bool 
         for keys in ("user_keys.parquet", "item_keys.parquet"):
             if (old_state / keys).exists():
                 shutil.copyfile(old_state / keys, folder / "_state" / keys)
-    con = connect(cfg.memory_limit, temp_dir=cache / "spill")
-    try:
-        _build(con, cfg, manifest, cache, folder, report)
-    finally:
-        con.close()
+    _build(cfg, manifest, cache, folder, report)
     write_json({"files": manifest}, folder / "_state" / "manifest.json")
     report.seconds = round(time.perf_counter() - t0, 3)
     write_json(report.to_dict(), folder / "ingest.json")
     return report
 
 
-def _build(con: duckdb.DuckDBPyConnection, cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path,
-           out: Path, report: IngestReport) -> None:
+def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path, out: Path, report: IngestReport) -> None:
     """Rebuild the canonical tables in `out` from every staged file."""
     traits = format_traits(cfg)
     state = out / "_state"
@@ -265,54 +260,58 @@ def _build(con: duckdb.DuckDBPyConnection, cfg: DataConfig, manifest: dict[str, 
         return [str(cache / "staged" / f"{m['sha256']}.parquet") for m in manifest.values() if m["role"] == role]
 
     rejects = [str(cache / "rejects" / f"{m['sha256']}.parquet") for m in manifest.values()]
-    catalog = write_parquet(
-        relation(con, "int_catalog", staged=staged("items")), work / "catalog.parquet", _SCRATCH
-    )
-    interactions = staged("interactions")
-    if traits.windows:
-        interactions = [str(rebuild_windows([Path(p) for p in interactions], work / "windows.parquet"))]
-    if keymaps := staged("item_map"):
-        interactions = [
-            str(
-                write_parquet(
-                    relation(con, "int_remap_items", path=p, keymap=keymaps), work / f"mapped{i}.parquet", _SCRATCH
+    con = connect(cfg.memory_limit, temp_dir=cache / "spill")
+    try:
+        catalog = write_parquet(
+            relation(con, "int_catalog", staged=staged("items")), work / "catalog.parquet", _SCRATCH
+        )
+        interactions = staged("interactions")
+        if traits.windows:
+            interactions = [str(rebuild_windows([Path(p) for p in interactions], work / "windows.parquet"))]
+        if keymaps := staged("item_map"):
+            interactions = [
+                str(
+                    write_parquet(
+                        relation(con, "int_remap_items", path=p, keymap=keymaps), work / f"mapped{i}.parquet", _SCRATCH
+                    )
                 )
-            )
-            for i, p in enumerate(interactions)
-        ]
-    events = write_parquet(
-        relation(con, "int_events", staged=interactions, catalog=str(catalog), numeric_ids=traits.numeric_ids,
-                 has_time=traits.has_time, min_ts=_min_ts(cfg), max_ts=time.time() + cfg.max_future_days * 86400.0,
-                 min_rating=cfg.min_rating, max_abs_rating=cfg.max_abs_rating),
-        work / "events.parquet", _SCRATCH,
-    )
-    ev = dict(relation(con, "report_status_counts", path=str(events)).fetchall())
-    kept, n_kept = _kcore(con, events, ev.get("kept", 0), cfg.kcore, work)
-    user_keys, item_keys = state / "user_keys.parquet", state / "item_keys.parquet"
-    _empty_keys(user_keys)
-    _empty_keys(item_keys)
-    new_users = write_parquet(
-        relation(con, "int_keys", previous=str(user_keys), keys_from=str(kept), key_col="user_key"),
-        work / "user_keys.parquet",
-    )
-    new_items = write_parquet(
-        relation(con, "int_keys", previous=str(item_keys), keys_from=str(catalog), key_col="item_key"),
-        work / "item_keys.parquet",
-    )
-    shutil.move(new_users, user_keys)
-    shutil.move(new_items, item_keys)
+                for i, p in enumerate(interactions)
+            ]
+        events = write_parquet(
+            relation(con, "int_events", staged=interactions, catalog=str(catalog), numeric_ids=traits.numeric_ids,
+                     has_time=traits.has_time, min_ts=_min_ts(cfg), max_ts=time.time() + cfg.max_future_days * 86400.0,
+                     min_rating=cfg.min_rating, max_abs_rating=cfg.max_abs_rating),
+            work / "events.parquet", _SCRATCH,
+        )
+        ev = dict(relation(con, "report_status_counts", path=str(events)).fetchall())
+        kept, n_kept = _kcore(con, events, ev.get("kept", 0), cfg.kcore, work)
+        user_keys, item_keys = state / "user_keys.parquet", state / "item_keys.parquet"
+        _empty_keys(user_keys)
+        _empty_keys(item_keys)
+        new_users = write_parquet(
+            relation(con, "int_keys", previous=str(user_keys), keys_from=str(kept), key_col="user_key"),
+            work / "user_keys.parquet",
+        )
+        new_items = write_parquet(
+            relation(con, "int_keys", previous=str(item_keys), keys_from=str(catalog), key_col="item_key"),
+            work / "item_keys.parquet",
+        )
+        shutil.move(new_users, user_keys)
+        shutil.move(new_items, item_keys)
 
-    write_parquet(
-        relation(con, "mart_items", catalog=str(catalog), item_keys=str(item_keys)), out / "items.parquet"
-    )
-    inter = write_parquet(relation(con, "mart_interactions", events=str(kept), user_keys=str(user_keys),
-                                   item_keys=str(item_keys)), out / "interactions.parquet")
-    write_parquet(
-        relation(con, "mart_users", user_keys=str(user_keys), interactions=str(inter)), out / "users.parquet"
-    )
-    write_parquet(relation(con, "mart_quarantine", parse_rejects=rejects, catalog=str(catalog), events=str(events)),
-                  out / "quarantine.parquet")
-    cat = dict(relation(con, "report_status_counts", path=str(catalog)).fetchall())
+        write_parquet(
+            relation(con, "mart_items", catalog=str(catalog), item_keys=str(item_keys)), out / "items.parquet"
+        )
+        inter = write_parquet(relation(con, "mart_interactions", events=str(kept), user_keys=str(user_keys),
+                                       item_keys=str(item_keys)), out / "interactions.parquet")
+        write_parquet(
+            relation(con, "mart_users", user_keys=str(user_keys), interactions=str(inter)), out / "users.parquet"
+        )
+        write_parquet(relation(con, "mart_quarantine", parse_rejects=rejects, catalog=str(catalog), events=str(events)),
+                      out / "quarantine.parquet")
+        cat = dict(relation(con, "report_status_counts", path=str(catalog)).fetchall())
+    finally:
+        con.close()
 
     parse_rejected = {role: sum(m["rows_rejected"] for m in manifest.values() if m["role"] == role)
                       for role in ("interactions", "items")}
