@@ -318,7 +318,8 @@ def run(profile: str, data_cfg: DataConfig, work: Path, seconds: float, test_sam
         res = read_result(rec.dir)
         ranks[kind] = _ranks(rec.dir)  # the whole test split; comparisons pair the targets both sides ranked
         sample = ranks[kind][ranks[kind]["sample"].isin(llm_subset)]
-        train = {k: res.train.get(k) for k in ("epochs", "best_val_ndcg_10", "seconds")} if res.train else {}
+        train = ({k: res.train.get(k) for k in ("epochs", "best_val_ndcg_10", "seconds", "stopped_by")}
+                 if res.train else {})
         if res.train:
             train["curve"] = [{"seconds": e["seconds"], "val_ndcg_10": e["val_ndcg_10"]} for e in res.train["log"]
                               if "val_ndcg_10" in e and "seconds" in e]
