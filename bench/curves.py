@@ -130,9 +130,8 @@ def plot(training: dict | None) -> list[Path]:
     ev = [r["patchrec"]["rows"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for who in ("patchrec", "pandas", "duckdb_copy"):
-        if all(who in r for r in rows):  # runs before 2026-12-06 have no DuckDB copy baseline
-            axes[0].plot(ev, [r[who]["seconds"] for r in rows], marker="o", label=who)
-            axes[1].plot(ev, [r[who]["peak_rss_mb"] for r in rows], marker="o", label=who)
+        axes[0].plot(ev, [r[who]["seconds"] for r in rows], marker="o", label=who)
+        axes[1].plot(ev, [r[who]["peak_rss_mb"] for r in rows], marker="o", label=who)
     axes[0].set(xscale="log", yscale="log", xlabel="events", ylabel="seconds", title="ingestion time")
     axes[1].set(xscale="log", xlabel="events", ylabel="peak RSS (MB)", title="ingestion memory")
     axes[0].legend(fontsize=8)

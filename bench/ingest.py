@@ -58,7 +58,6 @@ import json, resource, sys, time
 t = time.perf_counter()
 import duckdb
 con = duckdb.connect()
-con.execute("pragma threads=" + str(len(__import__("os").sched_getaffinity(0))))
 sql = ("copy (select * from read_csv(?, delim = ?, header = false, "
        "columns = {'user': 'BIGINT', 'item': 'BIGINT', 'rating': 'DOUBLE', 'ts': 'BIGINT'})) to '"
        + sys.argv[3].replace("'", "''") + "' (format parquet)")

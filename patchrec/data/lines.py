@@ -109,7 +109,7 @@ def scan_lines(
     if encoding.startswith("utf-16"):  # newlines are two bytes: read as text, line by line
         for no, line in _lines(path, encoding):
             if not (header and no == 1):
-                _check(scan, no, line.rstrip("\r\n"), quote, encoding, empty_reason, python_dicts)
+                _check(scan, no, line.rstrip("\r\n"), quote, quote, encoding, empty_reason, python_dicts)
         return scan
     q = quote.encode()
     with _open(path, encoding) as fh:
@@ -146,7 +146,7 @@ def _scan_chunk(scan: LineScan, no: int, chunk: bytes, q: bytes, quote: str, enc
         return no + lines
     for line in text.split(b"\n"):
         no += 1
-        _check(scan, no, line.rstrip(b"\r\n"), quote, encoding, empty_reason, python_dicts)
+        _check(scan, no, line.rstrip(b"\r\n"), q, quote, encoding, empty_reason, python_dicts)
     return no
 
 
@@ -156,11 +156,11 @@ def _has_blank(text: bytes) -> bool:
     return not (text if end < 0 else text[:end]).strip() or _BLANK.search(text) is not None
 
 
-def _check(scan: LineScan, no: int, body: bytes | str, quote: str, encoding: str, empty_reason: str | None,
-           python_dicts: bool) -> None:
-    """Count data line `no` (its text without the line ending) and record what is wrong with it."""
+def _check(scan: LineScan, no: int, body: bytes | str, q: bytes | str, quote: str, encoding: str,
+           empty_reason: str | None, python_dicts: bool) -> None:
+    """Count data line `no` (its text without the line ending; `q`: the quote in the body's type) and record what
+    is wrong with it."""
     scan.data_lines += 1
-    q: bytes | str = quote if isinstance(body, str) else quote.encode()
     cr: bytes | str = "\r" if isinstance(body, str) else b"\r"
     if not body:
         if empty_reason is not None:

@@ -337,9 +337,8 @@ class ScoringModel(nn.Module):
         out = self.output_vectors() if out is None else out
         cand = out if items is None else out[items]
         h = h.float()
-        bias = None if self.item_bias is None else (self.item_bias if items is None else self.item_bias[items])
         if self.score == "dot":
-            return h @ cand.T if bias is None else h @ cand.T + bias
+            return self._biased(h @ cand.T, items)
         scores = nn.functional.normalize(h, dim=-1) @ cand.T
         if self.title_skip is not None and prev is not None:
             has = (prev >= 0).to(scores.dtype)[:, None]  # (n, 1)
@@ -351,7 +350,13 @@ class ScoringModel(nn.Module):
                 if weight is not None:
                     other = space if items is None else space[items]
                     scores = scores + weight * has * (space[last] @ other.T)
-        return scores / self.temperature if bias is None else scores / self.temperature + bias
+        return self._biased(scores / self.temperature, items)
+
+    def _biased(self, scores: Tensor, items: Tensor | slice | None) -> Tensor:
+        """`scores` plus the per-item bias of the scored candidates (as they are without `item_bias`)."""
+        if self.item_bias is None:
+            return scores
+        return scores + (self.item_bias if items is None else self.item_bias[items])
 
     @staticmethod
     def _candidate_ids(items: Tensor | slice | None, n: int, dev: torch.device) -> Tensor:
