@@ -123,12 +123,6 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
         "Scoring, text recipe, lr 1.5e-4": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
                                                "skip_self": False, "lr": 1.5e-4})},
-        "Scoring, text recipe, lr 3e-4, temperature 0.1": {
-            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
-                                               "skip_self": False, "lr": 3e-4, "temperature": 0.1})},
-        "Scoring, text recipe, lr 3e-4, temperature 0.15": {
-            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
-                                               "skip_self": False, "lr": 3e-4, "temperature": 0.15})},
         "Scoring, cosine + title-patch skip, 8 layers": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "title_skip": "title", "layers": short_lm})},
         "Scoring, cosine + both skips, 8 layers": {
@@ -179,13 +173,6 @@ COMPARISONS = [
      "Scoring, text recipe, lr 3e-4"),
     ("text recipe, lr 1.5e-4 vs SASRec", "Scoring, text recipe, lr 1.5e-4", "sasrec"),
     ("lr 1.5e-4 vs 3e-4 (text recipe)", "Scoring, text recipe, lr 1.5e-4", "Scoring, text recipe, lr 3e-4"),
-    ("text recipe, lr 3e-4, temperature 0.1 vs SASRec", "Scoring, text recipe, lr 3e-4, temperature 0.1", "sasrec"),
-    ("temperature 0.1 vs 0.07 (text recipe, lr 3e-4)", "Scoring, text recipe, lr 3e-4, temperature 0.1",
-     "Scoring, text recipe, lr 3e-4"),
-    ("text recipe, lr 3e-4, temperature 0.15 vs SASRec", "Scoring, text recipe, lr 3e-4, temperature 0.15",
-     "sasrec"),
-    ("temperature 0.15 vs 0.07 (text recipe, lr 3e-4)", "Scoring, text recipe, lr 3e-4, temperature 0.15",
-     "Scoring, text recipe, lr 3e-4"),
     ("title-patch skip, 8 layers vs SASRec", "Scoring, cosine + title-patch skip, 8 layers", "sasrec"),
     ("both skips, 8 layers vs SASRec", "Scoring, cosine + both skips, 8 layers", "sasrec"),
     ("both skips vs the title-patch skip (8 layers)", "Scoring, cosine + both skips, 8 layers",

@@ -6,8 +6,9 @@ with staged as (
     from read_parquet($staged, filename = true, file_row_number = true)
 ),
 
-catalog as (
-    select item_key from read_parquet($catalog) where status = 'kept'
+catalog as (  -- each catalog key's id check is done once here, not once per event
+    select item_key, regexp_full_match(item_key, '[+-]?[0-9]{1,18}') as numeric_key
+    from read_parquet($catalog) where status = 'kept'
 ),
 
 typed as (
@@ -19,7 +20,8 @@ typed as (
             when 'iso' then epoch(try_cast(s.ts_raw as timestamp))
         end as ts,
         try_cast(s.rating_raw as double) as rating,
-        c.item_key is not null as in_catalog
+        c.item_key is not null as in_catalog,
+        c.numeric_key
     from staged as s
     left join catalog as c on s.item_key = c.item_key
 ),
@@ -32,7 +34,7 @@ checked as (
             when user_key is null then 'missing user id'
             when item_key is null then 'missing item id'
             when $numeric_ids and not regexp_full_match(user_key, '[+-]?[0-9]{1,18}') then 'user id is not an integer: ' || user_key
-            when $numeric_ids and not regexp_full_match(item_key, '[+-]?[0-9]{1,18}') then 'item id is not an integer: ' || item_key
+            when $numeric_ids and not coalesce(numeric_key, regexp_full_match(item_key, '[+-]?[0-9]{1,18}')) then 'item id is not an integer: ' || item_key
             when $has_time and ts_raw is null then 'missing timestamp'
             when $has_time and (ts is null or isnan(ts) or isinf(ts)) then 'timestamp is not a number: ' || ts_raw
             when $has_time and ts <= 0 then 'timestamp is zero or negative: ' || ts_raw
@@ -46,17 +48,26 @@ checked as (
     from typed
 ),
 
-ranked as (
-    select
-        *,
-        row_number() over (
-            partition by
-                reason is null, user_key, item_key, ts,
-                case when ts is null then file_rank end,
-                case when ts is null then src_row end
-            order by file_rank, src_row
-        ) as dup_rank
+-- De-duplication without a window over every row: only (user, item, time) triples whose hash repeats can hold a
+-- duplicate; of each such triple's valid rows, the first (file, row) is kept.
+repeated as (
+    select h from (select hash(user_key, item_key, ts) as h from typed where ts is not null)
+    group by h having count(*) > 1
+),
+
+firsts as (
+    select user_key, item_key, ts, min(file_rank * 4294967296 + src_row) as first_ord
     from checked
+    where reason is null and hash(user_key, item_key, ts) in (select h from repeated)
+    group by user_key, item_key, ts
+),
+
+deduplicated as (
+    select
+        c.*,
+        coalesce(c.file_rank * 4294967296 + c.src_row <> f.first_ord, false) as is_duplicate
+    from checked as c
+    left join firsts as f on c.user_key = f.user_key and c.item_key = f.item_key and c.ts = f.ts
 ),
 
 final as (
@@ -67,18 +78,18 @@ final as (
         user_key,
         item_key,
         ts,
-        ts_raw,
+        case when reason is not null then ts_raw end as ts_raw,  -- the raw text matters only to the quarantine
         rating,
-        rating_raw,
+        case when reason is not null then rating_raw end as rating_raw,
         given_split,
         reason,
         case
             when reason is not null then 'quarantined'
-            when dup_rank > 1 then 'duplicate'
+            when is_duplicate then 'duplicate'
             when $min_rating is not null and (rating is null or rating < $min_rating) then 'filtered_rating'
             else 'kept'
         end as status
-    from ranked
+    from deduplicated
 )
 
 select * from final
