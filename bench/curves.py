@@ -132,6 +132,11 @@ def plot(training: dict | None) -> list[Path]:
     for who in ("patchrec", "pandas", "duckdb_copy"):
         axes[0].plot(ev, [r[who]["seconds"] for r in rows], marker="o", label=who)
         axes[1].plot(ev, [r[who]["peak_rss_mb"] for r in rows], marker="o", label=who)
+    if big := [r for r in rows if "patchrec_large_memory" in r]:  # the same ingest with a larger DuckDB buffer
+        label = f"patchrec, memory_limit {big[0]['patchrec_large_memory']['memory_limit']}"
+        for ax, key in zip(axes, ("seconds", "peak_rss_mb"), strict=True):
+            ax.plot([r["patchrec"]["rows"] for r in big], [r["patchrec_large_memory"][key] for r in big], marker="o",
+                    linestyle="--", label=label)
     axes[0].set(xscale="log", yscale="log", xlabel="events", ylabel="seconds", title="ingestion time")
     axes[1].set(xscale="log", xlabel="events", ylabel="peak RSS (MB)", title="ingestion memory")
     axes[0].legend(fontsize=8)

@@ -33,7 +33,8 @@ from patchrec.config import DataConfig
 from patchrec.data.ingest import ingest
 t_import = time.perf_counter()
 out = Path(sys.argv[3])
-r = ingest(DataConfig(format=sys.argv[1], raw=sys.argv[2], out=out, rebuild=True), out / "generation", None)
+limit = {"memory_limit": sys.argv[4]} if len(sys.argv) > 4 else {}  # else DataConfig's default
+r = ingest(DataConfig(format=sys.argv[1], raw=sys.argv[2], out=out, rebuild=True, **limit), out / "generation", None)
 t_end = time.perf_counter()
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"seconds": t_end - t, "import_seconds": t_import - t, "ingest_seconds": t_end - t_import,
@@ -96,13 +97,20 @@ def make_dat_log(folder: Path, events: int, users: int = 200_000, items: int = 2
     return folder
 
 
-def compare(name: str, fmt: str, raw: Path, data_file: Path, sep: str, engine: str, work: Path) -> dict:
+def compare(name: str, fmt: str, raw: Path, data_file: Path, sep: str, engine: str, work: Path,
+            large_memory: str | None = None) -> dict:
+    """patchrec (DataConfig's default memory_limit), pandas and the DuckDB copy on one file; with `large_memory`,
+    patchrec again with that memory_limit (the speed a larger DuckDB buffer buys)."""
     ours = _run(_OURS, fmt, str(raw), str(work / f"{name}-out"))
     base = _run(_PANDAS, str(data_file), sep, engine, str(work / f"{name}-pandas.parquet"))
     bare = _run(_DUCKDB, str(data_file), sep, str(work / f"{name}-duckdb.parquet"))
-    return {"dataset": name, "file_mb": round(data_file.stat().st_size / 2**20, 1), "patchrec": ours,
-            "pandas": base, "duckdb_copy": bare, "speedup_events_per_s": ours["events_per_s"] / base["events_per_s"],
-            "seconds_vs_duckdb_copy": ours["seconds"] / bare["seconds"]}
+    res = {"dataset": name, "file_mb": round(data_file.stat().st_size / 2**20, 1), "patchrec": ours,
+           "pandas": base, "duckdb_copy": bare, "speedup_events_per_s": ours["events_per_s"] / base["events_per_s"],
+           "seconds_vs_duckdb_copy": ours["seconds"] / bare["seconds"]}
+    if large_memory:
+        big = _run(_OURS, fmt, str(raw), str(work / f"{name}-out-big"), large_memory)
+        res["patchrec_large_memory"] = {"memory_limit": large_memory, **big}
+    return res
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -110,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--events", type=int, default=20_000_000)
     p.add_argument("--small-events", type=int, default=2_000_000, help="second size, to show memory is flat")
     p.add_argument("--ml100k", type=Path, default=REPO.parent / "shared" / "data" / "ml-100k")
+    p.add_argument("--large-memory", default="2GB", help="also run patchrec with this DuckDB memory_limit ('' = no)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ingest.json")
     args = p.parse_args(argv)
     results = []
@@ -120,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
         for n in (args.small_events, args.events):
             raw = make_dat_log(work / f"dat{n}", n)
             results.append(
-                compare(f"synthetic-dat-{n}", "movielens-dat", raw, raw / "ratings.dat", "::", "python", work)
+                compare(f"synthetic-dat-{n}", "movielens-dat", raw, raw / "ratings.dat", "::", "python", work,
+                        large_memory=args.large_memory)
             )
             (raw / "ratings.dat").unlink()
     report = {**header("ingest", argv), "results": results}
