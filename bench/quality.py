@@ -117,6 +117,9 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
         "Scoring, text recipe, lr 3e-4, item lr 1e-4": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
                                                "skip_self": False, "lr": 3e-4, "item_lr": 1e-4})},
+        "Scoring, text recipe, lr 3e-4, item lr 1e-4, item decay 1": {
+            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
+                                               "skip_self": False, "lr": 3e-4, "item_lr": 1e-4, "item_decay": 1.0})},
         "Scoring, text recipe, lr 3e-4, item decay 1": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
                                                "skip_self": False, "lr": 3e-4, "item_decay": 1.0})},
@@ -168,6 +171,10 @@ COMPARISONS = [
     ("text recipe, lr 3e-4, item lr 1e-4 vs SASRec", "Scoring, text recipe, lr 3e-4, item lr 1e-4", "sasrec"),
     ("item lr 1e-4 vs 3e-4 (text recipe, lr 3e-4)", "Scoring, text recipe, lr 3e-4, item lr 1e-4",
      "Scoring, text recipe, lr 3e-4"),
+    ("text recipe, lr 3e-4, item lr 1e-4, item decay 1 vs SASRec",
+     "Scoring, text recipe, lr 3e-4, item lr 1e-4, item decay 1", "sasrec"),
+    ("item decay 1 vs none (text recipe, lr 3e-4, item lr 1e-4)",
+     "Scoring, text recipe, lr 3e-4, item lr 1e-4, item decay 1", "Scoring, text recipe, lr 3e-4, item lr 1e-4"),
     ("text recipe, lr 3e-4, item decay 1 vs SASRec", "Scoring, text recipe, lr 3e-4, item decay 1", "sasrec"),
     ("item decay 1 vs none (text recipe, lr 3e-4)", "Scoring, text recipe, lr 3e-4, item decay 1",
      "Scoring, text recipe, lr 3e-4"),

@@ -80,10 +80,10 @@ def test_quality_harness_end_to_end(tmp_path):
     assert report["baselines"]["sasrec"]["llm_sample"]["samples"] == 6
     assert [c["question"] for c in report["comparisons"]] == [q for q, _, _ in COMPARISONS]
     assert all(c["ndcg_20_diff"][1] <= c["ndcg_20_diff"][2] for c in report["comparisons"])
-    # 23 training runs, 22 rankings, 2 baselines; on the 2-layer test model the 8- and 12-layer title-patch variants
+    # 24 training runs, 23 rankings, 2 baselines; on the 2-layer test model the 8- and 12-layer title-patch variants
     # are one config (both keep every layer) and share their 2 folders
-    assert (report["stages"], report["reused_stages"]) == (23 + 22 + 2 - 2, 0)
+    assert (report["stages"], report["reused_stages"]) == (24 + 23 + 2 - 2, 0)
     assert 0 < report["compute_seconds"] and report["slices"]["cold"]["items"] >= 0
     assert all(set(v["slices"]) == set(report["slices"]) for v in report["variants"].values())
     again = run("tiny", data_cfg, tmp_path, seconds=2.0, test_samples=6, lr=5e-4, base="tiny", sasrec_epochs=1)
-    assert again["reused_stages"] == again["stages"] == 45 and again["comparisons"] == report["comparisons"]
+    assert again["reused_stages"] == again["stages"] == 47 and again["comparisons"] == report["comparisons"]
