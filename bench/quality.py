@@ -70,6 +70,8 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
     scoring = SCORING_RECIPE | dict(max_seconds=seconds, curve_every_s=seconds / 6, curve_samples=256,
                                     keep_best=keep_best, checkpoint_every=100, compile_lm=compile_lm,
                                     batch_size=scoring_batch or SCORING_RECIPE["batch_size"])
+    # the text recipe (patchrec.profiles.TEXT_RECIPE) at this budget; `short_lm` layers
+    recipe = {**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix", "skip_self": False}
     # PPT also trains on each sample's all-text copy: micro-batches of 4 (x2 accumulation) keep the peak memory
     # of 100-item text prompts under ~12 GB on a CPU (batches of 8 were OOM-killed at 24 GB).
     ppt = TrainConfig(stage="ppt", layout="mixed", max_history=100, lr=lr, batch_size=4, grad_accum=2,
@@ -91,41 +93,30 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
         "Scoring, cosine + title skip, 8 layers, prefix targets": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix"})},
         "Scoring, cosine + title skip, 8 layers, prefix targets, no self-skip": {
-            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
-                                               "skip_self": False})},
+            "ppt": None, "pft": TrainConfig(**recipe)},
         "Scoring, text recipe, LoRA dropout 0.1 + item decay 1": {
-            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
-                                               "skip_self": False, "lora_dropout": 0.1, "item_decay": 1.0})},
+            "ppt": None, "pft": TrainConfig(**{**recipe, "lora_dropout": 0.1, "item_decay": 1.0})},
         "Scoring, text recipe, lr 3e-4": {
-            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
-                                               "skip_self": False, "lr": 3e-4})},
+            "ppt": None, "pft": TrainConfig(**{**recipe, "lr": 3e-4})},
         "Scoring, text recipe, regularised, lr 3e-4": {
-            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
-                                               "skip_self": False, "lora_dropout": 0.1, "item_decay": 1.0,
+            "ppt": None, "pft": TrainConfig(**{**recipe, "lora_dropout": 0.1, "item_decay": 1.0,
                                                "lr": 3e-4})},
         "Scoring, text recipe, LoRA dropout 0.2 + item decay 3, lr 3e-4": {
-            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
-                                               "skip_self": False, "lora_dropout": 0.2, "item_decay": 3.0,
+            "ppt": None, "pft": TrainConfig(**{**recipe, "lora_dropout": 0.2, "item_decay": 3.0,
                                                "lr": 3e-4})},
         "Scoring, text recipe, lr 3e-4, item bias": {
-            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
-                                               "skip_self": False, "lr": 3e-4, "item_bias": True})},
+            "ppt": None, "pft": TrainConfig(**{**recipe, "lr": 3e-4, "item_bias": True})},
         "Scoring, text recipe, lr 3e-4, item bias, item lr 1e-3": {
-            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
-                                               "skip_self": False, "lr": 3e-4, "item_bias": True,
+            "ppt": None, "pft": TrainConfig(**{**recipe, "lr": 3e-4, "item_bias": True,
                                                "item_lr": 1e-3})},
         "Scoring, text recipe, lr 3e-4, item lr 1e-4": {
-            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
-                                               "skip_self": False, "lr": 3e-4, "item_lr": 1e-4})},
+            "ppt": None, "pft": TrainConfig(**{**recipe, "lr": 3e-4, "item_lr": 1e-4})},
         "Scoring, text recipe, lr 3e-4, item lr 1e-4, item decay 1": {
-            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
-                                               "skip_self": False, "lr": 3e-4, "item_lr": 1e-4, "item_decay": 1.0})},
+            "ppt": None, "pft": TrainConfig(**{**recipe, "lr": 3e-4, "item_lr": 1e-4, "item_decay": 1.0})},
         "Scoring, text recipe, lr 3e-4, item decay 1": {
-            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
-                                               "skip_self": False, "lr": 3e-4, "item_decay": 1.0})},
+            "ppt": None, "pft": TrainConfig(**{**recipe, "lr": 3e-4, "item_decay": 1.0})},
         "Scoring, text recipe, lr 1.5e-4": {
-            "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix",
-                                               "skip_self": False, "lr": 1.5e-4})},
+            "ppt": None, "pft": TrainConfig(**{**recipe, "lr": 1.5e-4})},
         "Scoring, cosine + title-patch skip, 8 layers": {
             "ppt": None, "pft": TrainConfig(**{**scoring, **TEXT_LEVERS, "title_skip": "title", "layers": short_lm})},
         "Scoring, cosine + both skips, 8 layers": {
