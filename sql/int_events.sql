@@ -1,17 +1,20 @@
 -- Staged interaction rows -> every row typed, with a status:
 -- 'quarantined' (with a reason), 'duplicate' (same user, item and time as an earlier row),
 -- 'filtered_rating' (below the positive-feedback threshold) or 'kept'.
-with staged as (
+-- The CTEs are 'not materialized': typed and checked are each read twice (de-duplication), and a materialized
+-- copy of every row would spill to disk under the memory cap; the status is an ENUM because Parquet writes a
+-- dictionary code for it instead of hashing a string per row (it reads back as VARCHAR).
+with staged as not materialized (
     select *, list_position($staged, filename) as file_rank, file_row_number + 1 as src_row
     from read_parquet($staged, filename = true, file_row_number = true)
 ),
 
-catalog as (  -- each catalog key's id check is done once here, not once per event
-    select item_key, regexp_full_match(item_key, '[+-]?[0-9]{1,18}') as numeric_key
+catalog as not materialized (  -- each catalog key's id check is done once here, not once per event
+    select item_key as catalog_key, regexp_full_match(item_key, '[+-]?[0-9]{1,18}') as numeric_key
     from read_parquet($catalog) where status = 'kept'
 ),
 
-typed as (
+typed as not materialized (
     select
         s.*,
         case s.ts_unit
@@ -19,16 +22,14 @@ typed as (
             when 'ms' then try_cast(s.ts_raw as double) / 1000.0
             when 'iso' then epoch(try_cast(s.ts_raw as timestamp))
         end as ts,
-        try_cast(s.rating_raw as double) as rating,
-        c.item_key is not null as in_catalog,
-        c.numeric_key
+        try_cast(s.rating_raw as double) as rating
     from staged as s
-    left join catalog as c on s.item_key = c.item_key
 ),
 
-checked as (
+checked as not materialized (
     select
-        *,
+        t.*,
+        c.catalog_key is not null as in_catalog,
         case
             when stage_reason is not null then stage_reason
             when user_key is null then 'missing user id'
@@ -45,7 +46,8 @@ checked as (
             when abs(rating) > $max_abs_rating then 'rating is out of range (beyond +-' || $max_abs_rating || '): ' || rating_raw
             when not in_catalog then 'item ' || item_key || ' is not in the catalog (missing or quarantined item row)'
         end as reason
-    from typed
+    from typed as t
+    left join catalog as c on t.item_key = c.catalog_key
 ),
 
 -- De-duplication without a window over every row: only (user, item, time) triples whose hash repeats can hold a
@@ -72,7 +74,7 @@ deduplicated as (
 
 final as (
     select
-        source_file,
+        case when reason is not null then source_file end as source_file,  -- read only for the quarantine
         src_row,
         file_rank,
         user_key,
@@ -83,12 +85,12 @@ final as (
         case when reason is not null then rating_raw end as rating_raw,
         given_split,
         reason,
-        case
+        cast(case
             when reason is not null then 'quarantined'
             when is_duplicate then 'duplicate'
             when $min_rating is not null and (rating is null or rating < $min_rating) then 'filtered_rating'
             else 'kept'
-        end as status
+        end as enum('kept', 'quarantined', 'duplicate', 'filtered_rating')) as status
     from deduplicated
 )
 

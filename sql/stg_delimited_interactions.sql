@@ -13,7 +13,8 @@ final as (
         nullif(trim(struct_extract(src, $user_col)), '') as user_key,
         nullif(trim(struct_extract(src, $item_col)), '') as item_key,
         nullif(trim(struct_extract(src, $time_col)), '') as ts_raw,
-        $time_unit as ts_unit,
+        -- an ENUM: Parquet writes a dictionary code per row instead of a string
+        cast($time_unit as enum('s', 'ms', 'iso', 'none')) as ts_unit,
         case when $has_rating then nullif(trim(struct_extract(src, $rating_col)), '') end as rating_raw,
         cast(null as varchar) as given_split,
         cast(null as varchar) as stage_reason,

@@ -28,7 +28,8 @@ final as (
         coalesce(j ->> 'reviewerID', j ->> 'user_id') as user_key,
         coalesce(j ->> 'parent_asin', j ->> 'asin') as item_key,
         coalesce(j ->> 'unixReviewTime', j ->> 'timestamp') as ts_raw,
-        case when j ->> 'unixReviewTime' is not null then 's' else 'ms' end as ts_unit,
+        -- an ENUM: Parquet writes a dictionary code per row instead of a string
+        cast(case when j ->> 'unixReviewTime' is not null then 's' else 'ms' end as enum('s', 'ms', 'iso', 'none')) as ts_unit,
         coalesce(j ->> 'overall', j ->> 'rating') as rating_raw,
         cast(null as varchar) as given_split,
         case

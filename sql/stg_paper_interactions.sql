@@ -18,7 +18,8 @@ final as (
         cast(user_index as varchar) as user_key,
         cast(item_id as varchar) as item_key,
         cast(null as varchar) as ts_raw,
-        'none' as ts_unit,
+        -- an ENUM: Parquet writes a dictionary code per row instead of a string
+        cast('none' as enum('s', 'ms', 'iso', 'none')) as ts_unit,
         cast(null as varchar) as rating_raw,
         case
             when pos between train_first and train_last then 'train'

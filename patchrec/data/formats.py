@@ -2,7 +2,7 @@
 
 Every reader stages to the same text schema, so the typed checks, quarantine, de-duplication and
 indexing that follow are one code path for all formats:
-interactions: user_key, item_key, ts_raw, ts_unit, rating_raw, given_split, stage_reason, source_file
+interactions: user_key, item_key, ts_raw, ts_unit (s, ms, iso, none), rating_raw, given_split, stage_reason, source_file
 items:        item_key, title, year, extra, stage_reason, source_file
 """
 
