@@ -105,7 +105,7 @@ class DataConfig(_Frozen):
     )
     max_abs_rating: float = Field(1e9, gt=0, le=1e18, description="ratings beyond +-this are quarantined as absurd")
     max_line_bytes: int = Field(2 * 1024 * 1024, ge=1024)
-    memory_limit: str = Field("512MB", description="DuckDB's buffer cap for ingestion and sequence building (it "
+    memory_limit: str = Field("384MB", description="DuckDB's buffer cap for ingestion and sequence building (it "
                               "spills to disk beyond it): peak memory stays flat in the number of events")
     rebuild: bool = Field(False, description="discard earlier ingestion state and ingest every file again")
     source: GenericSource | None = None
