@@ -43,7 +43,6 @@ _REJECT_SCHEMA = pa.schema(
     [("source_file", pa.string()), ("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
 )
 _SCRATCH = "snappy"  # compression of staged and work files: written once, read a few times
-_KEY_SCHEMA = pa.schema([("key", pa.string()), ("idx", pa.int32())])
 _DELIMITER_NAMES = {"\t": "tab", ",": "comma", "|": "'|'", "::": "'::'", ";": "semicolon", "\x01": "record separator"}
 
 
@@ -136,43 +135,39 @@ def _stage(spec: FileSpec, cfg: DataConfig, cache: Path, sha: str, work: Path) -
                 delimiter=str(spec.params.get("delimiter", "")),
                 delimiter_name=_DELIMITER_NAMES.get(str(spec.params.get("delimiter", "")),
                                                     repr(spec.params.get("delimiter", ""))),
-            ).to_arrow_table()
+            )
             if spec.parse_rejects
-            else _REJECT_SCHEMA.empty_table()
+            else relation(con, "stg_no_rejects")
         )
+        if scan is None or not (scan.rejects or scan.dropped):  # the parser's line numbers are the file's
+            write_parquet(parsed, rejects)  # (no pyarrow table: building one imports pandas, 0.15 s)
+            n_rejected = pq.read_metadata(rejects).num_rows
+        else:
+            table = _rejects(parsed.to_arrow_table(), scan, name)
+            with atomic_path(rejects) as tmp:
+                pq.write_table(table, tmp)
+            n_rejected = table.num_rows
     except duckdb.Error as exc:
         msg = str(exc).strip().splitlines()[0]
         raise IngestError(f"cannot read {spec.path} as {cfg.format} ({spec.role}): {msg}") from exc
     finally:
         con.close()
-    table = _rejects(parsed, scan, name)
-    with atomic_path(rejects) as tmp:
-        pq.write_table(table, tmp)
-    rows = pq.read_metadata(staged).num_rows + table.num_rows
+    rows = pq.read_metadata(staged).num_rows + n_rejected
     if scan is not None and rows != scan.data_lines:
         raise IngestError(f"{spec.path}: the parser accounted for {rows} of its {scan.data_lines} data lines "
-                          f"(staged {rows - table.num_rows}, rejected {table.num_rows}); refusing to lose rows")
-    return {"rows": rows, "lines": scan.data_lines if scan else rows, "rows_rejected": table.num_rows}
+                          f"(staged {rows - n_rejected}, rejected {n_rejected}); refusing to lose rows")
+    return {"rows": rows, "lines": scan.data_lines if scan else rows, "rows_rejected": n_rejected}
 
 
-def _rejects(parsed: pa.Table, scan: LineScan | None, name: str) -> pa.Table:
+def _rejects(parsed: pa.Table, scan: LineScan, name: str) -> pa.Table:
     """The parser's rejected lines (renumbered to the original file) plus the lines rejected by the scan."""
     parsed = parsed.select(_REJECT_SCHEMA.names).cast(_REJECT_SCHEMA)
-    if scan is None or not (scan.rejects or (scan.dropped and parsed.num_rows)):
-        # nothing to renumber or add (and no list conversion: pyarrow imports pandas for it)
-        return parsed.sort_by("line") if parsed.num_rows else parsed
     lines = [original_line(n, scan.dropped) for n in parsed.column("line").to_pylist()]
     parsed = parsed.set_column(1, "line", pa.array(lines, pa.int64()))
     early = pa.table({"source_file": [name] * len(scan.rejects), "line": [r[0] for r in scan.rejects],
                       "reason": [r[1] for r in scan.rejects], "raw": [r[2] for r in scan.rejects]},
                      schema=_REJECT_SCHEMA)
     return pa.concat_tables([parsed, early]).sort_by("line")
-
-
-def _empty_keys(path: Path) -> None:
-    if not path.exists():
-        with atomic_path(path) as tmp:
-            pq.write_table(_KEY_SCHEMA.empty_table(), tmp)
 
 
 def ingest(cfg: DataConfig, folder: Path, previous: Path | None, progress: bool = False) -> IngestReport:
@@ -286,8 +281,9 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path, ou
         ev = dict(relation(con, "report_status_counts", path=str(events)).fetchall())
         kept, n_kept = _kcore(con, events, ev.get("kept", 0), cfg.kcore, work)
         user_keys, item_keys = state / "user_keys.parquet", state / "item_keys.parquet"
-        _empty_keys(user_keys)
-        _empty_keys(item_keys)
+        for keys in (user_keys, item_keys):
+            if not keys.exists():  # the first run: no earlier keys
+                write_parquet(relation(con, "int_keys_empty"), keys)
         new_users = write_parquet(
             relation(con, "int_keys", previous=str(user_keys), keys_from=str(kept), key_col="user_key"),
             work / "user_keys.parquet",
