@@ -36,7 +36,7 @@ from patchrec.data.sequences import SequenceStore
 from patchrec.evaluation.metrics import bootstrap_ci, by_history_length, paired_bootstrap_diff, summarize_ranks
 from patchrec.evaluation.result import EvalResult, read_ranks, read_result
 from patchrec.io import read_json, write_json
-from patchrec.profiles import PROJECT_ROOT, SCORING_RECIPE, TEXT_LEVERS
+from patchrec.profiles import PROJECT_ROOT, SCORING_RECIPE, TEXT_LEVERS, TEXT_RECIPE
 from patchrec.runtime import RunSpec
 from patchrec.stages import baseline_into, data_record, evaluate_into, train_into
 from patchrec.training import StageResult
@@ -67,11 +67,10 @@ def variants(seconds: float, lr: float, keep_best: bool = True, short_lm: int = 
     `scoring_batch`: windows per scoring-head step (None: the recipe's)."""
     half = seconds / 2
     gen = dict(max_seconds=seconds, lr=lr, curve_every_s=seconds / 2, curve_samples=32)
-    scoring = SCORING_RECIPE | dict(max_seconds=seconds, curve_every_s=seconds / 6, curve_samples=256,
-                                    keep_best=keep_best, checkpoint_every=100, compile_lm=compile_lm,
-                                    batch_size=scoring_batch or SCORING_RECIPE["batch_size"])
-    # the text recipe (patchrec.profiles.TEXT_RECIPE) at this budget; `short_lm` layers
-    recipe = {**scoring, **TEXT_LEVERS, "layers": short_lm, "targets": "prefix", "skip_self": False}
+    budget = dict(max_seconds=seconds, curve_every_s=seconds / 6, curve_samples=256, keep_best=keep_best,
+                  checkpoint_every=100, compile_lm=compile_lm, batch_size=scoring_batch or SCORING_RECIPE["batch_size"])
+    scoring = SCORING_RECIPE | budget
+    recipe = TEXT_RECIPE | budget | {"layers": short_lm}  # the text recipe at this budget, `short_lm` layers
     # PPT also trains on each sample's all-text copy: micro-batches of 4 (x2 accumulation) keep the peak memory
     # of 100-item text prompts under ~12 GB on a CPU (batches of 8 were OOM-killed at 24 GB).
     ppt = TrainConfig(stage="ppt", layout="mixed", max_history=100, lr=lr, batch_size=4, grad_accum=2,
