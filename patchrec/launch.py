@@ -9,6 +9,7 @@ into one error naming the failing rank and its exception (torchelastic's error f
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -126,7 +127,14 @@ def _root_cause(logs: Path) -> str | None:
 
 
 def _worker(argv: list[str]) -> None:
-    """The entrypoint of every rank: join the group, do the job, rank 0 writes its output."""
+    """The entrypoint of every rank: join the group, do the job, rank 0 writes its output, then leave.
+
+    A rank that has done its job leaves at once (`os._exit` after flushing), skipping the interpreter's
+    teardown: there, objects that outlive `destroy_process_group` (a sharded model in a reference cycle holds
+    its gloo group and worker threads) are destroyed in arbitrary order, and CI saw a finished rank abort in
+    that teardown ("terminate called without an active exception", exit -6), failing a run whose output was
+    complete. A rank that fails exits normally, with its error recorded for `_root_cause`.
+    """
     from pydantic import TypeAdapter
     from torch.distributed.elastic.multiprocessing.errors import record
 
@@ -138,6 +146,7 @@ def _worker(argv: list[str]) -> None:
             out = execute(job, dist)
             if dist.is_main:
                 write_json(out.model_dump(mode="json"), Path(argv[0]).parent / RESULT)
+            dist.barrier()  # no rank closes its connections while another still has a collective in flight
         finally:
             if dist.active:
                 import torch.distributed as tdist
@@ -145,6 +154,10 @@ def _worker(argv: list[str]) -> None:
                 tdist.destroy_process_group()
 
     main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

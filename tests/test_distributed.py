@@ -144,6 +144,18 @@ def test_a_failing_rank_fails_the_stage_with_its_error(data, tmp_path):
         run_job(job, TWO)
 
 
+def test_a_finished_rank_leaves_before_the_interpreters_teardown(data, tmp_path, monkeypatch):
+    """Once a rank has done its job and left the group, nothing in the interpreter's teardown can fail the run
+    (CI saw a finished FSDP rank abort there). Here every rank's teardown aborts: the run must still succeed."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import atexit, os\nif 'LOCAL_RANK' in os.environ:\n    atexit.register(os.abort)\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    out = run_job(TrainJob(data_dir=data, out_dir=tmp_path / "two", spec=_spec(epochs=1)), TWO)
+    assert out.metrics["steps"] > 0
+
+
 @pytest.mark.parametrize("head", ["scoring", "generative"])
 def test_sharded_evaluation_gives_the_ranks_of_one_process(data, tmp_path, head):
     kw = {"head": "scoring"} if head == "scoring" else {"head": "generative", "layout": "session", "group": 3,
