@@ -21,28 +21,28 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from patchrec.config import DataConfig
 from patchrec.data.formats import FileSpec, SourceError, format_traits, ignored_files, plan_files
 from patchrec.data.generations import cache_dir
 from patchrec.data.lines import LineScan, original_line, scan_lines, without_lines
-from patchrec.data.windows import rebuild_windows
 from patchrec.io import atomic_path, file_digest, read_json, write_json, write_parquet
 from patchrec.sql import connect, relation
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["TABLES", "IngestError", "IngestReport", "RawFileChangedError", "ingest"]
 
 log = logging.getLogger(__name__)
 TABLES = ("interactions", "items", "users", "quarantine")
-_REJECT_SCHEMA = pa.schema(
-    [("source_file", pa.string()), ("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
-)
 _SCRATCH = "snappy"  # compression of staged and work files: written once, read a few times
+# DuckDB splits its work into CSV buffers of 32 MB and Parquet row groups of 122,880 rows: on less input than that a
+# second thread only waits (ml-100k: 0.33 -> 0.30 s, docs/benchmarks.md)
+_ONE_THREAD_BYTES = 32 * 2**20
 _DELIMITER_NAMES = {"\t": "tab", ",": "comma", "|": "'|'", "::": "'::'", ";": "semicolon", "\x01": "record separator"}
 
 
@@ -97,7 +97,8 @@ def _rel(spec: FileSpec, raw: Path) -> str:
     return spec.path.relative_to(raw).as_posix()
 
 
-def _stage(spec: FileSpec, cfg: DataConfig, cache: Path, sha: str, work: Path) -> dict[str, int]:
+def _stage(con: duckdb.DuckDBPyConnection, spec: FileSpec, cfg: DataConfig, cache: Path, sha: str,
+           work: Path) -> dict[str, int]:
     """Parse one raw file into `cache/staged/<sha>.parquet`, its rejected lines into `cache/rejects/<sha>.parquet`.
 
     Returns:
@@ -126,23 +127,25 @@ def _stage(spec: FileSpec, cfg: DataConfig, cache: Path, sha: str, work: Path) -
         params["encoding"] = "utf-8"  # the copy was re-encoded
     if spec.parse_rejects:
         params["max_line_bytes"] = cfg.max_line_bytes
-    con = connect(cfg.memory_limit, temp_dir=cache / "spill")  # its own: the reject tables are per connection
+    cur = con.cursor()  # a connection of its own (DuckDB's reject tables are per connection), the same database
     try:
-        write_parquet(relation(con, spec.sql, **params), staged, _SCRATCH)
+        write_parquet(relation(cur, spec.sql, **params), staged, _SCRATCH)
         parsed = (
             relation(
-                con, "stg_parse_rejects", source_file=name, max_line_bytes=cfg.max_line_bytes, encoding=spec.encoding,
+                cur, "stg_parse_rejects", source_file=name, max_line_bytes=cfg.max_line_bytes, encoding=spec.encoding,
                 delimiter=str(spec.params.get("delimiter", "")),
                 delimiter_name=_DELIMITER_NAMES.get(str(spec.params.get("delimiter", "")),
                                                     repr(spec.params.get("delimiter", ""))),
             )
             if spec.parse_rejects
-            else relation(con, "stg_no_rejects")
+            else relation(cur, "stg_no_rejects")
         )
         if scan is None or not (scan.rejects or scan.dropped):  # the parser's line numbers are the file's
-            write_parquet(parsed, rejects)  # (no pyarrow table: building one imports pandas, 0.15 s)
-            n_rejected = pq.read_metadata(rejects).num_rows
+            write_parquet(parsed, rejects)  # (no pyarrow: importing it takes 0.07 s, a pyarrow table imports pandas)
+            n_rejected = _rows(cur, rejects)
         else:
+            import pyarrow.parquet as pq
+
             table = _rejects(parsed.to_arrow_table(), scan, name)
             with atomic_path(rejects) as tmp:
                 pq.write_table(table, tmp)
@@ -151,8 +154,8 @@ def _stage(spec: FileSpec, cfg: DataConfig, cache: Path, sha: str, work: Path) -
         msg = str(exc).strip().splitlines()[0]
         raise IngestError(f"cannot read {spec.path} as {cfg.format} ({spec.role}): {msg}") from exc
     finally:
-        con.close()
-    rows = pq.read_metadata(staged).num_rows + n_rejected
+        cur.close()
+    rows = _rows(con, staged) + n_rejected
     if scan is not None and rows != scan.data_lines:
         raise IngestError(f"{spec.path}: the parser accounted for {rows} of its {scan.data_lines} data lines "
                           f"(staged {rows - n_rejected}, rejected {n_rejected}); refusing to lose rows")
@@ -161,12 +164,17 @@ def _stage(spec: FileSpec, cfg: DataConfig, cache: Path, sha: str, work: Path) -
 
 def _rejects(parsed: pa.Table, scan: LineScan, name: str) -> pa.Table:
     """The parser's rejected lines (renumbered to the original file) plus the lines rejected by the scan."""
-    parsed = parsed.select(_REJECT_SCHEMA.names).cast(_REJECT_SCHEMA)
+    import pyarrow as pa
+
+    schema = pa.schema(
+        [("source_file", pa.string()), ("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
+    )
+    parsed = parsed.select(schema.names).cast(schema)
     lines = [original_line(n, scan.dropped) for n in parsed.column("line").to_pylist()]
     parsed = parsed.set_column(1, "line", pa.array(lines, pa.int64()))
     early = pa.table({"source_file": [name] * len(scan.rejects), "line": [r[0] for r in scan.rejects],
                       "reason": [r[1] for r in scan.rejects], "raw": [r[2] for r in scan.rejects]},
-                     schema=_REJECT_SCHEMA)
+                     schema=schema)
     return pa.concat_tables([parsed, early]).sort_by("line")
 
 
@@ -223,28 +231,34 @@ def ingest(cfg: DataConfig, folder: Path, previous: Path | None, progress: bool 
     work.mkdir(parents=True, exist_ok=True)
     restage = [n for n in current if n in manifest and not (cache / "staged" / f"{digests[n][1]}.parquet").exists()]
     todo = new + restage + [n for n in current if cfg.rebuild and n not in new]
-    for i, name in enumerate(todo):
-        spec = current[name]
-        sha = digests[name][1]
-        if progress:
-            print(f"  staging [{i + 1}/{len(todo)}] {name}", flush=True)
-        counts = _stage(spec, cfg, cache, sha, work)
-        manifest[name] = {"role": spec.role, "size": digests[name][0], "sha256": sha, **counts,
-                          "ingested_at": manifest.get(name, {}).get("ingested_at")
-                          or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    small = sum(size for size, _ in digests.values()) < _ONE_THREAD_BYTES
+    con = connect(cfg.memory_limit, threads=1 if small else None, temp_dir=cache / "spill")  # one: opening takes 12 ms
+    try:
+        for i, name in enumerate(todo):
+            spec = current[name]
+            sha = digests[name][1]
+            if progress:
+                print(f"  staging [{i + 1}/{len(todo)}] {name}", flush=True)
+            counts = _stage(con, spec, cfg, cache, sha, work)
+            manifest[name] = {"role": spec.role, "size": digests[name][0], "sha256": sha, **counts,
+                              "ingested_at": manifest.get(name, {}).get("ingested_at")
+                              or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
-    if old_state is not None:
-        for keys in ("user_keys.parquet", "item_keys.parquet"):
-            if (old_state / keys).exists():
-                shutil.copyfile(old_state / keys, folder / "_state" / keys)
-    _build(cfg, manifest, cache, folder, report)
+        if old_state is not None:
+            for keys in ("user_keys.parquet", "item_keys.parquet"):
+                if (old_state / keys).exists():
+                    shutil.copyfile(old_state / keys, folder / "_state" / keys)
+        _build(con, cfg, manifest, cache, folder, report)
+    finally:
+        con.close()
     write_json({"files": manifest}, folder / "_state" / "manifest.json")
     report.seconds = round(time.perf_counter() - t0, 3)
     write_json(report.to_dict(), folder / "ingest.json")
     return report
 
 
-def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path, out: Path, report: IngestReport) -> None:
+def _build(con: duckdb.DuckDBPyConnection, cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path, out: Path,
+           report: IngestReport) -> None:
     """Rebuild the canonical tables in `out` from every staged file."""
     traits = format_traits(cfg)
     state = out / "_state"
@@ -255,59 +269,57 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path, ou
         return [str(cache / "staged" / f"{m['sha256']}.parquet") for m in manifest.values() if m["role"] == role]
 
     rejects = [str(cache / "rejects" / f"{m['sha256']}.parquet") for m in manifest.values()]
-    con = connect(cfg.memory_limit, temp_dir=cache / "spill")
-    try:
-        catalog = write_parquet(
-            relation(con, "int_catalog", staged=staged("items")), work / "catalog.parquet", _SCRATCH
-        )
-        interactions = staged("interactions")
-        if traits.windows:
-            interactions = [str(rebuild_windows([Path(p) for p in interactions], work / "windows.parquet"))]
-        if keymaps := staged("item_map"):
-            interactions = [
-                str(
-                    write_parquet(
-                        relation(con, "int_remap_items", path=p, keymap=keymaps), work / f"mapped{i}.parquet", _SCRATCH
-                    )
-                )
-                for i, p in enumerate(interactions)
-            ]
-        events = write_parquet(
-            relation(con, "int_events", staged=interactions, catalog=str(catalog), numeric_ids=traits.numeric_ids,
-                     has_time=traits.has_time, min_ts=_min_ts(cfg), max_ts=time.time() + cfg.max_future_days * 86400.0,
-                     min_rating=cfg.min_rating, max_abs_rating=cfg.max_abs_rating),
-            work / "events.parquet", _SCRATCH,
-        )
-        ev = dict(relation(con, "report_status_counts", path=str(events)).fetchall())
-        kept, n_kept = _kcore(con, events, ev.get("kept", 0), cfg.kcore, work)
-        user_keys, item_keys = state / "user_keys.parquet", state / "item_keys.parquet"
-        for keys in (user_keys, item_keys):
-            if not keys.exists():  # the first run: no earlier keys
-                write_parquet(relation(con, "int_keys_empty"), keys)
-        new_users = write_parquet(
-            relation(con, "int_keys", previous=str(user_keys), keys_from=str(kept), key_col="user_key"),
-            work / "user_keys.parquet",
-        )
-        new_items = write_parquet(
-            relation(con, "int_keys", previous=str(item_keys), keys_from=str(catalog), key_col="item_key"),
-            work / "item_keys.parquet",
-        )
-        shutil.move(new_users, user_keys)
-        shutil.move(new_items, item_keys)
+    catalog = write_parquet(
+        relation(con, "int_catalog", staged=staged("items")), work / "catalog.parquet", _SCRATCH
+    )
+    interactions = staged("interactions")
+    if traits.windows:
+        from patchrec.data.windows import rebuild_windows  # pyarrow: imported only for window formats
 
-        write_parquet(
-            relation(con, "mart_items", catalog=str(catalog), item_keys=str(item_keys)), out / "items.parquet"
-        )
-        inter = write_parquet(relation(con, "mart_interactions", events=str(kept), user_keys=str(user_keys),
-                                       item_keys=str(item_keys)), out / "interactions.parquet")
-        write_parquet(
-            relation(con, "mart_users", user_keys=str(user_keys), interactions=str(inter)), out / "users.parquet"
-        )
-        write_parquet(relation(con, "mart_quarantine", parse_rejects=rejects, catalog=str(catalog), events=str(events)),
-                      out / "quarantine.parquet")
-        cat = dict(relation(con, "report_status_counts", path=str(catalog)).fetchall())
-    finally:
-        con.close()
+        interactions = [str(rebuild_windows([Path(p) for p in interactions], work / "windows.parquet"))]
+    if keymaps := staged("item_map"):
+        interactions = [
+            str(
+                write_parquet(
+                    relation(con, "int_remap_items", path=p, keymap=keymaps), work / f"mapped{i}.parquet", _SCRATCH
+                )
+            )
+            for i, p in enumerate(interactions)
+        ]
+    events = write_parquet(
+        relation(con, "int_events", staged=interactions, catalog=str(catalog), numeric_ids=traits.numeric_ids,
+                 has_time=traits.has_time, min_ts=_min_ts(cfg), max_ts=time.time() + cfg.max_future_days * 86400.0,
+                 min_rating=cfg.min_rating, max_abs_rating=cfg.max_abs_rating),
+        work / "events.parquet", _SCRATCH,
+    )
+    ev = dict(relation(con, "report_status_counts", path=str(events)).fetchall())
+    kept, n_kept = _kcore(con, events, ev.get("kept", 0), cfg.kcore, work)
+    user_keys, item_keys = state / "user_keys.parquet", state / "item_keys.parquet"
+    for keys in (user_keys, item_keys):
+        if not keys.exists():  # the first run: no earlier keys
+            write_parquet(relation(con, "int_keys_empty"), keys)
+    new_users = write_parquet(
+        relation(con, "int_keys", previous=str(user_keys), keys_from=str(kept), key_col="user_key"),
+        work / "user_keys.parquet",
+    )
+    new_items = write_parquet(
+        relation(con, "int_keys", previous=str(item_keys), keys_from=str(catalog), key_col="item_key"),
+        work / "item_keys.parquet",
+    )
+    shutil.move(new_users, user_keys)
+    shutil.move(new_items, item_keys)
+
+    write_parquet(
+        relation(con, "mart_items", catalog=str(catalog), item_keys=str(item_keys)), out / "items.parquet"
+    )
+    inter = write_parquet(relation(con, "mart_interactions", events=str(kept), user_keys=str(user_keys),
+                                   item_keys=str(item_keys)), out / "interactions.parquet")
+    write_parquet(
+        relation(con, "mart_users", user_keys=str(user_keys), interactions=str(inter)), out / "users.parquet"
+    )
+    write_parquet(relation(con, "mart_quarantine", parse_rejects=rejects, catalog=str(catalog), events=str(events)),
+                  out / "quarantine.parquet")
+    cat = dict(relation(con, "report_status_counts", path=str(catalog)).fetchall())
 
     parse_rejected = {role: sum(m["rows_rejected"] for m in manifest.values() if m["role"] == role)
                       for role in ("interactions", "items")}
@@ -318,9 +330,9 @@ def _build(cfg: DataConfig, manifest: dict[str, dict[str, Any]], cache: Path, ou
     report.rows_filtered_rating = ev.get("filtered_rating", 0)
     report.rows_filtered_kcore = ev.get("kept", 0) - n_kept
     report.rows_filtered = report.rows_filtered_rating + report.rows_filtered_kcore
-    report.interactions = report.rows_accepted = pq.read_metadata(out / "interactions.parquet").num_rows
-    report.items = pq.read_metadata(out / "items.parquet").num_rows
-    report.users = pq.read_metadata(out / "users.parquet").num_rows
+    report.interactions = report.rows_accepted = _rows(con, out / "interactions.parquet")
+    report.items = _rows(con, out / "items.parquet")
+    report.users = _rows(con, out / "users.parquet")
     report.items_read = sum(m["rows"] for m in manifest.values() if m["role"] == "items")
     report.items_quarantined = cat.get("quarantined", 0) + parse_rejected["items"]
     accounted = report.rows_accepted + report.rows_quarantined + report.rows_deduplicated + report.rows_filtered
@@ -358,8 +370,13 @@ def _kcore(con: duckdb.DuckDBPyConnection, events: Path, n_kept: int, k: int, wo
         path = write_parquet(
             relation(con, "int_kcore_step", path=str(path), k=k), work / f"kcore{step}.parquet", _SCRATCH
         )
-        m = pq.read_metadata(path).num_rows
+        m = _rows(con, path)
         if m == n:
             break
         n = m
     return path, n
+
+
+def _rows(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """The number of rows of a Parquet file, from its footer."""
+    return int(relation(con, "report_row_count", path=str(path)).fetchall()[0][0])
