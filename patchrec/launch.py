@@ -130,10 +130,10 @@ def _worker(argv: list[str]) -> None:
     """The entrypoint of every rank: join the group, do the job, rank 0 writes its output, then leave.
 
     A rank that has done its job leaves at once (`os._exit` after flushing), skipping the interpreter's
-    teardown: there, objects that outlive `destroy_process_group` (a sharded model in a reference cycle holds
-    its gloo group and worker threads) are destroyed in arbitrary order, and CI saw a finished rank abort in
-    that teardown ("terminate called without an active exception", exit -6), failing a run whose output was
-    complete. A rank that fails exits normally, with its error recorded for `_root_cause`.
+    teardown: whatever outlived `destroy_process_group` (C++ threads of the backend, the sharded model) is torn
+    down there in no set order, and CI saw a finished FSDP rank abort in it with no Python frame on its stack
+    ("terminate called without an active exception", exit -6), failing a run whose output was complete. A rank
+    that fails exits normally, with its error recorded for `_root_cause`.
     """
     from pydantic import TypeAdapter
     from torch.distributed.elastic.multiprocessing.errors import record
