@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -31,6 +33,7 @@ RESULT = "rank0_output.json"  # the job's StageOutput, written by rank 0 of a to
 # The agent's shared rendezvous store outlives a failed attempt, and a restarted rank can read the dead ranks'
 # gloo addresses from it (connection refused); rank 0 then hosts a fresh store for every attempt instead.
 _ENV = {"PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+_REPORT_FIELD = re.compile(r"^\s*(rank|exitcode|traceback)\s*:\s*(.*)$")  # a field of torchrun's failure report
 
 
 class LaunchError(RuntimeError):
@@ -98,14 +101,17 @@ def run_job(job: TrainJob | EvalJob, launch: LaunchConfig = LaunchConfig(),
                 f"--rdzv-id=patchrec-{job.kind}-{Path(job.out_dir).name}"]
     cmd += ["-m", "patchrec.launch", str(folder / "job.json")]
     echo(f"launching {launch.world} ranks: {' '.join(cmd[1:])}")
+    tail: deque[str] = deque(maxlen=200)  # torchrun's failure report comes last
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                           env={**os.environ, **_ENV}) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             echo(line.rstrip())
+            tail.append(line)
         rc = proc.wait()
     if rc != 0 or not (folder / RESULT).is_file():
-        raise LaunchError(f"{job.kind} stage {job.out_dir}: " + (_root_cause(logs) or f"torchrun exited with {rc}"))
+        cause = _root_cause(logs) or _reported_root_cause(tail) or f"torchrun exited with {rc}"
+        raise LaunchError(f"{job.kind} stage {job.out_dir}: {cause}")
     return StageOutput.model_validate(read_json(folder / RESULT))
 
 
@@ -124,6 +130,26 @@ def _root_cause(logs: Path) -> str | None:
         return None
     _, rank, text = min(found)
     return f"rank {rank} failed: {text.strip().splitlines()[-1] if text.strip() else 'no message'}"
+
+
+def _reported_root_cause(lines: Iterable[str]) -> str | None:
+    """The "Root Cause (first observed failure)" that torchrun prints when a rank died without an error file (killed
+    by a signal, aborted in C++): its rank and what ended it, e.g. "Signal 6 (SIGABRT) received by PID 4840"."""
+    fields: dict[str, str] = {}
+    inside = False
+    for line in lines:
+        if "Root Cause (first observed failure)" in line:
+            inside, fields = True, {}
+        elif inside and (m := _REPORT_FIELD.match(line)):
+            fields[m.group(1)] = m.group(2).strip()
+        elif inside and line.startswith("====="):
+            inside = False
+    if "rank" not in fields:
+        return None
+    what = fields.get("traceback", "<N/A>")
+    if what in ("", "<N/A>") or what.startswith("To enable traceback"):
+        what = f"exit code {fields.get('exitcode', '?')}"
+    return f"rank {fields['rank'].split()[0]} failed: {what}"
 
 
 def _worker(argv: list[str]) -> None:

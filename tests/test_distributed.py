@@ -144,16 +144,29 @@ def test_a_failing_rank_fails_the_stage_with_its_error(data, tmp_path):
         run_job(job, TWO)
 
 
+def _in_every_rank(tmp_path: Path, monkeypatch, code: str) -> None:
+    """Run `code` at the start of every rank's interpreter (a `sitecustomize` on PYTHONPATH; torchrun's agent has
+    no LOCAL_RANK and is left alone)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(f"import atexit, os\nif 'LOCAL_RANK' in os.environ:\n    {code}\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+
+
 def test_a_finished_rank_leaves_before_the_interpreters_teardown(data, tmp_path, monkeypatch):
     """Once a rank has done its job and left the group, nothing in the interpreter's teardown can fail the run
     (CI saw a finished FSDP rank abort there). Here every rank's teardown aborts: the run must still succeed."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import atexit, os\nif 'LOCAL_RANK' in os.environ:\n    atexit.register(os.abort)\n")
-    monkeypatch.setenv("PYTHONPATH", str(site))
+    _in_every_rank(tmp_path, monkeypatch, "atexit.register(os.abort)")
     out = run_job(TrainJob(data_dir=data, out_dir=tmp_path / "two", spec=_spec(epochs=1)), TWO)
     assert out.metrics["steps"] > 0
+
+
+def test_a_rank_killed_by_a_signal_is_named_with_its_signal(data, tmp_path, monkeypatch):
+    """A rank that dies without a Python exception leaves no error file; the stage's error still names the rank
+    and the signal (torchrun's root-cause report), not only torchrun's exit code."""
+    _in_every_rank(tmp_path, monkeypatch, "os.abort() if os.environ['RANK'] == '1' else None")
+    with pytest.raises(LaunchError, match=r"rank 1 failed: Signal 6 \(SIGABRT\)"):
+        run_job(TrainJob(data_dir=data, out_dir=tmp_path / "two", spec=_spec(epochs=1)), TWO)
 
 
 @pytest.mark.parametrize("head", ["scoring", "generative"])
