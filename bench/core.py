@@ -201,14 +201,19 @@ def train_speed(s, store, steps: int, batch: int) -> dict:
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype, device=_dev()), torch.randn(n, n, dtype=dtype, device=_dev())
+    return matmul_flops(dtype, n, n, n, reps)
+
+
+def matmul_flops(dtype: torch.dtype, m: int, k: int, n: int, reps: int = 5) -> float:
+    """FLOP/s of an (m x k) @ (k x n) product."""
+    a, b = torch.randn(m, k, dtype=dtype, device=_dev()), torch.randn(k, n, dtype=dtype, device=_dev())
     a @ b
     _sync()
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
     _sync()
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+    return 2 * m * k * n * reps / (time.perf_counter() - t)
 
 
 def rank_speed(s, store, users: int, batch: int = 32) -> dict:

@@ -15,7 +15,8 @@ every round and the fraction of peak uses the median:
 Useful FLOPs per step (what the step must compute, not what padding adds): 4 x the body's frozen weights x real
 positions (LoRA: forward + input gradients), causal attention 6 x D x n(n + 1) per window of n positions and
 layer (forward + both input gradients), and the catalog: 6 x N x D per target (logits, gradients of the hidden
-state and of the item vectors) + 2 x N x D for the title-patch skip's similarities.
+state and of the item vectors) + 2 x N x D for the title-patch skip's similarities. Beside them, the share of the
+peak that the block's linear layers reach alone at a step's rows (the ceiling of a step made only of them).
 
 Ranking: users/s of exact full-catalog top-20 for the real catalogs (Goodreads, ml-1m) and for synthetic
 catalogs 10x and 100x Goodreads' (its item vectors tiled with noise), `CATALOG_CHUNK` items scored at a time;
@@ -128,8 +129,23 @@ def train_speed(base, store, rounds: int, steps: int, peak) -> dict:
                      "fraction_of_bf16_peak": tot["flops"] / sec / res["bf16_matmul_peak_median"]}
     for name in VARIANTS:
         res[name]["speedup_vs_padded"] = res[name]["targets_per_s"] / res["padded"]["targets_per_s"]
+    rows = round(sum(x["computed"] for x in runs["packed + compiled"]) / (rounds * steps))
+    res["layer_gemms"] = layer_gemm_share(body, rows, peak)
     res["tokens_per_target"] = tokens_per_target(store)
     return res
+
+
+def layer_gemm_share(body, rows: int, peak) -> dict:
+    """bf16 matmul throughput at the shapes of a transformer block's linear layers (`rows` x in -> out), as a share
+    of the square peak measured beside it: the ceiling of a step that were nothing but its layer GEMMs."""
+    from bench.core import matmul_flops
+
+    shapes = {name.removesuffix(".base_layer"): (m.in_features, m.out_features)
+              for name, m in body.layers[0].named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in name}
+    top = peak()
+    share = {n: matmul_flops(torch.bfloat16, rows, k, o, reps=10) / top for n, (k, o) in shapes.items()}
+    weighted = sum(k * o for k, o in shapes.values()) / sum(k * o / share[n] for n, (k, o) in shapes.items())
+    return {"rows": rows, "bf16_matmul_peak": top, "share_by_layer": share, "flop_weighted_share": weighted}
 
 
 def run(work: Path, paper: Path, base_name: str, cache: Path, rounds: int, steps: int, peak) -> dict:
